@@ -1,0 +1,36 @@
+# Two commands for a newcomer: `make demo` and `make test` (each sets up .venv first).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel of torch lies on the project's development and CI machines; elsewhere override it,
+# e.g. make TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu" (see DEVELOPERS.md).
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup demo test test-fast lint format docs bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+demo: setup
+	PATH="$(abspath $(BIN)):$$PATH" bash demo/run.sh
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check s2s_cli
+
+docs: setup
+	$(BIN)/python scripts/gen_docs.py
+
+clean:
+	rm -rf $(VENV) demo/work .pytest_cache

@@ -1,0 +1,39 @@
+"""``s2s info CHECKPOINT``: architecture, parameter counts per module, training progress."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from s2s_cli.checkpoint import load_checkpoint, model_from_checkpoint
+
+
+def checkpoint_info(path: str | Path) -> dict[str, Any]:
+    from s2s_cli.models.build import parameter_counts
+
+    payload = load_checkpoint(path)
+    model, cfg = model_from_checkpoint(payload, path)
+    m = cfg.model
+    architecture = {
+        "cell": m.cell, "embed_dim": m.embed_dim, "hidden_size": m.hidden_size,
+        "encoder": f"{m.encoder_layers}x{'bi-' if m.bidirectional else ''}{m.cell} "
+                   f"{m.encoder_output_size}",
+        "decoder": f"{m.decoder_layers}x{m.cell} {m.hidden_size}",
+        "attention": m.attention if m.attention == "none" else f"{m.attention} ({m.attention_placement})",
+        "input_feeding": m.input_feeding, "peeky": m.peeky, "bridge": m.bridge,
+        "reverse_source": m.reverse_source, "tie_embeddings": m.tie_embeddings,
+        "share_embeddings": m.share_embeddings, "preset": m.preset,
+    }
+    vocab = payload.get("vocab", {})
+    return {
+        "path": str(path),
+        "s2s_version": payload.get("s2s_version"),
+        "format_version": payload.get("format_version"),
+        "languages": f"{vocab.get('src_lang')}-{vocab.get('tgt_lang')}",
+        "vocab_size": {"src": vocab.get("src_size"), "tgt": vocab.get("tgt_size")},
+        "model": architecture,
+        "parameters": parameter_counts(model),
+        "progress": payload.get("progress") or {},
+        "best": payload.get("best") or {},
+        "averaged_from": payload.get("averaged_from"),
+    }

@@ -1,0 +1,48 @@
+"""The ``s2s`` command: a thin Typer layer over the Python API (see each subcommand module)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from s2s_cli.cli import average as average_cmd
+from s2s_cli.cli import info as info_cmd
+from s2s_cli.cli import preprocess as preprocess_cmd
+from s2s_cli.cli import score as score_cmd
+from s2s_cli.cli import train as train_cmd
+from s2s_cli.cli import translate as translate_cmd
+from s2s_cli.cli._common import make_app
+from s2s_cli.version import __version__
+
+app = make_app(
+    "s2s: RNN sequence-to-sequence toolkit. Preprocess parallel text, train LSTM/GRU "
+    "encoder-decoders, translate and score, composing in shell pipelines."
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"s2s {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """s2s: RNN sequence-to-sequence toolkit."""
+
+
+app.command("preprocess")(preprocess_cmd.preprocess)
+app.command("train")(train_cmd.train)
+app.command("translate")(translate_cmd.translate)
+app.command("score")(score_cmd.score)
+app.command("average")(average_cmd.average)
+app.command("info")(info_cmd.info)
+
+
+def main() -> None:
+    app(prog_name="s2s")

@@ -1,0 +1,84 @@
+"""What every subcommand shares: the app factory, argument aliases and the error boundary."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from s2s_cli.errors import S2SError
+
+stderr = Console(stderr=True, highlight=False)
+
+OverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(metavar="[KEY=VALUE]...", help="Config overrides, e.g. train.lr=0.001", show_default=False),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="YAML config file (sections data/model/train/decode).",
+                 dir_okay=False, show_default=False),
+]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", show_default=True)
+]
+
+
+def make_app(help_text: str) -> typer.Typer:
+    return typer.Typer(
+        help=help_text,
+        no_args_is_help=True,
+        pretty_exceptions_show_locals=False,
+        rich_markup_mode="rich",
+        add_completion=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+
+def error(message: str) -> None:
+    """One line on stderr, red on a terminal."""
+    if stderr.is_terminal:
+        stderr.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    else:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn user-caused errors into one line and an exit status (1 data/runtime, 2 config)."""
+    try:
+        yield
+    except S2SError as err:
+        error(str(err))
+        raise typer.Exit(err.exit_code) from None
+    except KeyboardInterrupt:
+        error("interrupted")
+        raise typer.Exit(130) from None
+
+
+def setup_logging(verbose: bool = False, log_file: Path | None = None) -> None:
+    """Log records go to stderr (rich on a terminal) and optionally to a file; never to stdout."""
+    root = logging.getLogger("s2s_cli")
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    if stderr.is_terminal:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=stderr, show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root.addHandler(handler)
+    if log_file is not None:
+        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        root.addHandler(file_handler)
+    root.propagate = False

@@ -1,0 +1,122 @@
+"""``s2s train``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from s2s_cli.cli._common import DeviceOpt, setup_logging, stderr, user_errors
+from s2s_cli.errors import ConfigError
+
+
+def train(
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="[CONFIG.yaml] [KEY=VALUE]...",
+                       help="Optional YAML config, then overrides such as train.lr=0.001 model.preset=luong.",
+                       show_default=False),
+    ] = None,
+    data: Annotated[Path | None, typer.Option("--data", metavar="DIR", help="Dataset directory from `s2s preprocess` (default: one path read on stdin).", show_default=False)] = None,
+    save_dir: Annotated[Path, typer.Option("--save-dir", metavar="DIR", help="Where checkpoints, config.yaml, train.log and metrics.jsonl go.")] = Path("checkpoints"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --save-dir (an error if there is none). Re-running the same command there resumes too.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and parameter counts, then exit.")] = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Train an RNN encoder-decoder; prints the best checkpoint's path on stdout.
+
+    Multi-GPU / multi-node: [bold]torchrun --nproc-per-node N -m s2s_cli train ...[/] (see docs/distributed.md).
+    """
+    from s2s_cli.config import load_config
+
+    with user_errors():
+        config_path, overrides = _split_args(args or [])
+        data_dir = data if data is not None else _data_dir_from_stdin(required=not dry_run)
+        base = _dataset_defaults(data_dir) if data_dir is not None else None
+        cfg = load_config(config_path, overrides, flags=base)
+        if dry_run:
+            _dry_run(cfg, data_dir)
+            return
+        assert data_dir is not None
+        best = _run(cfg, data_dir, save_dir, device, resume)
+    if best is not None:
+        print(best, flush=True)
+
+
+def _split_args(args: list[str]) -> tuple[Path | None, list[str]]:
+    """The first argument is a config file unless it looks like KEY=VALUE."""
+    if args and "=" not in args[0]:
+        path = Path(args[0])
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file (arguments after it must be KEY=VALUE)")
+        return path, args[1:]
+    for arg in args:
+        if "=" not in arg:
+            raise ConfigError(f"'{arg}': expected KEY=VALUE (a config file must come first)")
+    return None, args
+
+
+def _data_dir_from_stdin(required: bool) -> Path | None:
+    if sys.stdin is None or sys.stdin.isatty():
+        if required:
+            raise ConfigError("no dataset: give --data DIR or pipe one in (s2s preprocess ... | s2s train)")
+        return None
+    line = sys.stdin.readline().strip()
+    if not line:
+        if required:
+            raise ConfigError("no dataset: stdin was empty; give --data DIR")
+        return None
+    return Path(line)
+
+
+def _dataset_defaults(data_dir: Path) -> dict:
+    """The dataset's own data settings, so the saved config describes the data really used."""
+    from s2s_cli.data.dataset import read_manifest
+
+    manifest = read_manifest(data_dir)
+    data = dict(manifest.get("config", {}).get("data", {}))
+    data["joint"] = bool(manifest["joint"])
+    return {"data": data}
+
+
+def _dry_run(cfg, data_dir: Path | None) -> None:
+    from s2s_cli.config import dump_yaml
+    from s2s_cli.models.build import build_model, parameter_counts
+
+    if data_dir is not None:
+        from s2s_cli.data.dataset import Dataset
+
+        src_vocab, tgt_vocab = Dataset(data_dir).vocab_sizes
+    else:
+        src_vocab = tgt_vocab = cfg.data.vocab_size
+    model = build_model(cfg.model, src_vocab, tgt_vocab)
+    print(dump_yaml(cfg), end="")
+    counts = parameter_counts(model)
+    print(f"# parameters: {counts['total']:,} (vocabulary {src_vocab}/{tgt_vocab})")
+    for name, count in counts.items():
+        if name != "total":
+            print(f"#   {name}: {count:,}")
+    fast = "fused (one RNN call over the target)" if model.decoder.fused else "step by step"
+    print(f"# decoder training path: {fast}")
+
+
+def _run(cfg, data_dir: Path, save_dir: Path, device: str, resume: bool) -> Path | None:
+    import logging
+    import os
+
+    from s2s_cli.io import check_writable_dir
+    from s2s_cli.training.distributed import launched_by_torchrun
+    from s2s_cli.training.trainer import train as run_training
+
+    main_rank = not launched_by_torchrun() or os.environ.get("RANK", "0") == "0"
+    if main_rank:
+        check_writable_dir(save_dir, "save directory")
+        setup_logging(log_file=save_dir / "train.log")
+    else:
+        setup_logging()
+        logging.getLogger("s2s_cli").setLevel(logging.WARNING)
+    best = run_training(cfg, data_dir, save_dir, device=device, resume=resume,
+                        progress=main_rank and stderr.is_terminal, console=stderr)
+    return best if main_rank else None

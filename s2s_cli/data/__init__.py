@@ -1,0 +1,1 @@
+"""Data: SentencePiece, binarized datasets, preprocessing, batching."""

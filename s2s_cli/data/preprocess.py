@@ -1,0 +1,379 @@
+"""``s2s preprocess``: raw parallel text -> SentencePiece model(s) -> binarized dataset directory.
+
+Two streaming passes over the training corpus: the first validates it (UTF-8, equal line counts),
+hashes it and collects a bounded sentence sample for SentencePiece; the second encodes it in
+chunks and writes the flat token files. Everything goes to a temporary directory that is renamed
+into place only at the end, so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from s2s_cli.config import DataConfig, ExperimentConfig, dump_yaml
+from s2s_cli.data import spm as spm_lib
+from s2s_cli.data.dataset import FORMAT, FORMAT_VERSION, MANIFEST
+from s2s_cli.data.indexed import IndexedWriter, best_dtype
+from s2s_cli.errors import ConfigError, DataError
+from s2s_cli.io import iter_lines, open_binary, resolve_text_file
+from s2s_cli.version import __version__
+
+ProgressFn = Callable[[str, int, "int | None"], None]
+
+
+@dataclass
+class SplitInput:
+    name: str
+    src: Path
+    tgt: Path
+    filtered: bool  # only training pairs are filtered; evaluation sets stay line-aligned
+
+
+@dataclass
+class FilterStats:
+    kept: int = 0
+    empty: int = 0
+    too_long: int = 0
+    ratio: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kept": self.kept,
+            "dropped": {"empty": self.empty, "too_long": self.too_long, "ratio": self.ratio},
+        }
+
+
+@dataclass
+class SplitResult:
+    sentences: int = 0
+    src_tokens: int = 0
+    tgt_tokens: int = 0
+    lines: int = 0
+    sha256: dict[str, str] = field(default_factory=dict)
+    filter: FilterStats | None = None
+
+
+def preprocess(
+    *,
+    src_lang: str,
+    tgt_lang: str,
+    train: str | Path,
+    dest: str | Path,
+    valid: str | Path | None = None,
+    tests: Sequence[str | Path] = (),
+    config: ExperimentConfig | None = None,
+    spm_models: Sequence[str | Path] = (),
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> Path:
+    """Build a dataset directory and return its path.
+
+    ``train``, ``valid`` and each of ``tests`` are prefixes: ``PREFIX.{src_lang}`` and
+    ``PREFIX.{tgt_lang}`` (or the same with ``.gz``). ``spm_models`` reuses existing SentencePiece
+    model(s): one for a joint vocabulary, or source then target.
+    """
+    config = config or ExperimentConfig()
+    cfg = config.data
+    if src_lang == tgt_lang:
+        raise ConfigError(f"--src-lang and --tgt-lang are both '{src_lang}'")
+    splits = _split_inputs(src_lang, tgt_lang, train, valid, tests)
+    dest = Path(dest)
+    _check_destination(dest, force)
+    progress = progress or (lambda split, done, total: None)
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a dataset is an ordinary directory
+    try:
+        manifest = _build(tmp, splits, src_lang, tgt_lang, cfg, spm_models, progress)
+        manifest["config"] = {"data": {**config.data.__dict__}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        (tmp / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
+        _move_into_place(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _split_inputs(
+    src_lang: str, tgt_lang: str, train: str | Path, valid: str | Path | None,
+    tests: Sequence[str | Path],
+) -> list[SplitInput]:
+    named = [("train", train, True)]
+    if valid is not None:
+        named.append(("valid", valid, False))
+    named += [("test" if i == 0 else f"test{i}", t, False) for i, t in enumerate(tests)]
+    return [
+        SplitInput(name, resolve_text_file(p, src_lang), resolve_text_file(p, tgt_lang), filt)
+        for name, p, filt in named
+    ]
+
+
+def _check_destination(dest: Path, force: bool) -> None:
+    if dest.exists() and not force:
+        raise DataError(f"{dest}: already exists (use --force to replace it)")
+    if dest.exists() and not dest.is_dir():
+        raise DataError(f"{dest}: exists and is not a directory")
+    parent = dest.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.TemporaryDirectory(prefix=".s2s-probe-", dir=parent)
+        probe.cleanup()
+    except OSError as err:
+        raise DataError(f"{dest}: cannot write the destination ({err.strerror or err})") from None
+
+
+def _move_into_place(tmp: Path, dest: Path) -> None:
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{tmp.name[-8:]}")
+        dest.rename(old)
+    tmp.rename(dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _build(
+    tmp: Path, splits: list[SplitInput], src_lang: str, tgt_lang: str, cfg: DataConfig,
+    spm_models: Sequence[str | Path], progress: ProgressFn,
+) -> dict[str, Any]:
+    train = splits[0]
+    scan = _scan_training_pairs(train, cfg, need_sample=not spm_models)
+    spm_files = _sentencepiece_models(tmp, scan, train, src_lang, tgt_lang, cfg, spm_models)
+    processors = {
+        side: spm_lib.load_processor((tmp / name).read_bytes(), str(tmp / name))
+        for side, name in spm_files.items()
+    }
+    vocab = {side: p.vocab_size() for side, p in processors.items()}
+    dtype = best_dtype(max(vocab.values()))
+    results: dict[str, SplitResult] = {}
+    for split in splits:
+        total = scan.lines if split.filtered else None
+        results[split.name] = _encode_split(
+            tmp, split, src_lang, tgt_lang, processors, dtype, cfg, total, progress
+        )
+    results["train"].sha256 = scan.sha256
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "s2s_version": __version__,
+        "src_lang": src_lang,
+        "tgt_lang": tgt_lang,
+        "joint": spm_files["src"] == spm_files["tgt"],
+        "spm": spm_files,
+        "spm_type": cfg.spm_type,
+        "vocab_size": vocab,
+        "special_ids": dict(spm_lib.SPECIAL_IDS),
+        "dtype": dtype.name,
+        "splits": {name: _split_entry(splits, name, r) for name, r in results.items()},
+    }
+
+
+def _split_entry(splits: list[SplitInput], name: str, result: SplitResult) -> dict[str, Any]:
+    split = next(s for s in splits if s.name == name)
+    entry: dict[str, Any] = {
+        "sentences": result.sentences,
+        "lines": result.lines,
+        "tokens": {"src": result.src_tokens, "tgt": result.tgt_tokens},
+        "inputs": {
+            "src": {"path": str(split.src), "sha256": result.sha256["src"]},
+            "tgt": {"path": str(split.tgt), "sha256": result.sha256["tgt"]},
+        },
+    }
+    if result.filter is not None:
+        entry["filter"] = result.filter.as_dict()
+    return entry
+
+
+# ---------------------------------------------------------------------------------------------
+# pass 1: validate, hash, sample
+
+
+@dataclass
+class TrainingScan:
+    lines: int
+    sha256: dict[str, str]
+    samples: dict[str, spm_lib.SentenceSample]
+
+
+def _scan_training_pairs(split: SplitInput, cfg: DataConfig, need_sample: bool) -> TrainingScan:
+    if cfg.joint:
+        shared = spm_lib.SentenceSample(cfg.spm_sample_size)
+        samples = {"src": shared, "tgt": shared}
+    else:
+        samples = {
+            "src": spm_lib.SentenceSample(cfg.spm_sample_size),
+            "tgt": spm_lib.SentenceSample(cfg.spm_sample_size),
+        }
+    hashes = {"src": hashlib.sha256(), "tgt": hashlib.sha256()}
+    lines = 0
+    with _paired_lines(split, hashes) as pairs:
+        for src, tgt in pairs:
+            lines += 1
+            if need_sample:
+                samples["src"].add(src)
+                samples["tgt"].add(tgt)
+    if lines == 0:
+        raise DataError(f"{split.src}: empty corpus (no lines)")
+    return TrainingScan(lines, {k: h.hexdigest() for k, h in hashes.items()}, samples)
+
+
+@contextlib.contextmanager
+def _paired_lines(
+    split: SplitInput, hashes: dict[str, Any] | None = None
+) -> Iterator[Iterator[tuple[str, str]]]:
+    """Source and target lines in lockstep; a DataError naming both counts if they differ."""
+    with open_binary(split.src) as fs, open_binary(split.tgt) as ft:
+        src = iter_lines(_hashing(fs, hashes and hashes["src"]), split.src)
+        tgt = iter_lines(_hashing(ft, hashes and hashes["tgt"]), split.tgt)
+        yield _lockstep(src, tgt, split)
+
+
+def _hashing(stream: Iterable[bytes], hasher: Any) -> Iterator[bytes]:
+    for raw in stream:
+        if hasher is not None:
+            hasher.update(raw)
+        yield raw
+
+
+def _lockstep(src: Iterator[str], tgt: Iterator[str], split: SplitInput) -> Iterator[tuple[str, str]]:
+    count = 0
+    for s, t in itertools.zip_longest(src, tgt):
+        if s is None or t is None:
+            src_count = count + (s is not None) + sum(1 for _ in src)
+            tgt_count = count + (t is not None) + sum(1 for _ in tgt)
+            raise DataError(
+                f"{split.src} has {src_count} lines but {split.tgt} has {tgt_count}; "
+                "parallel files must have equal line counts"
+            )
+        count += 1
+        yield s, t
+
+
+# ---------------------------------------------------------------------------------------------
+# SentencePiece
+
+
+def _sentencepiece_models(
+    tmp: Path, scan: TrainingScan, train: SplitInput, src_lang: str, tgt_lang: str,
+    cfg: DataConfig, spm_models: Sequence[str | Path],
+) -> dict[str, str]:
+    """Train or copy the SentencePiece model(s) into ``tmp``; returns side -> file name."""
+    if spm_models:
+        return _reuse_models(tmp, [Path(p) for p in spm_models], cfg)
+    if cfg.joint:
+        model = _train(scan.samples["src"], cfg, f"{train.src} + {train.tgt}")
+        (tmp / "spm.model").write_bytes(model)
+        return {"src": "spm.model", "tgt": "spm.model"}
+    files = {}
+    for side, lang, path in (("src", src_lang, train.src), ("tgt", tgt_lang, train.tgt)):
+        (tmp / f"spm.{lang}.model").write_bytes(_train(scan.samples[side], cfg, str(path)))
+        files[side] = f"spm.{lang}.model"
+    return files
+
+
+def _train(sample: spm_lib.SentenceSample, cfg: DataConfig, origin: str) -> bytes:
+    return spm_lib.train_model(
+        sample, cfg.vocab_size, cfg.spm_type, cfg.character_coverage, cfg.workers, cfg.seed, origin
+    )
+
+
+def _reuse_models(tmp: Path, paths: list[Path], cfg: DataConfig) -> dict[str, str]:
+    if len(paths) > 2:
+        raise ConfigError("--spm-model takes one model (joint) or two (source, then target)")
+    if len(paths) == 1 and not cfg.joint:
+        raise ConfigError("--separate with --spm-model needs two models: source, then target")
+    if len(paths) == 2 and cfg.joint:
+        raise ConfigError("two --spm-model files need --separate")
+    names = ["spm.model"] if len(paths) == 1 else ["spm.src.model", "spm.tgt.model"]
+    for path, name in zip(paths, names, strict=True):
+        data = spm_lib.read_model_file(path)
+        spm_lib.load_processor(data, str(path))
+        (tmp / name).write_bytes(data)
+    return {"src": names[0], "tgt": names[-1]}
+
+
+# ---------------------------------------------------------------------------------------------
+# pass 2: encode and write
+
+
+def _encode_split(
+    tmp: Path, split: SplitInput, src_lang: str, tgt_lang: str, processors: dict[str, Any],
+    dtype: Any, cfg: DataConfig, total: int | None, progress: ProgressFn,
+) -> SplitResult:
+    result = SplitResult(filter=FilterStats() if split.filtered else None)
+    hashes = {"src": hashlib.sha256(), "tgt": hashlib.sha256()}
+    raw_copies = None
+    if not split.filtered:
+        raw_copies = (
+            open(tmp / f"{split.name}.raw.{src_lang}", "w", encoding="utf-8"),
+            open(tmp / f"{split.name}.raw.{tgt_lang}", "w", encoding="utf-8"),
+        )
+    with (
+        IndexedWriter(tmp / f"{split.name}.{src_lang}", dtype) as src_out,
+        IndexedWriter(tmp / f"{split.name}.{tgt_lang}", dtype) as tgt_out,
+        _paired_lines(split, None if split.filtered else hashes) as pairs,
+    ):
+        for chunk in _chunks(pairs, cfg.chunk_lines):
+            src_lines, tgt_lines = zip(*chunk, strict=True)
+            src_ids = processors["src"].encode(list(src_lines), out_type=int, num_threads=cfg.workers)
+            tgt_ids = processors["tgt"].encode(list(tgt_lines), out_type=int, num_threads=cfg.workers)
+            if result.filter is not None:
+                src_ids, tgt_ids = _filter(src_ids, tgt_ids, cfg, result.filter)
+            if raw_copies is not None:
+                raw_copies[0].writelines(f"{s}\n" for s in src_lines)
+                raw_copies[1].writelines(f"{t}\n" for t in tgt_lines)
+            src_out.add(src_ids)
+            tgt_out.add(tgt_ids)
+            result.lines += len(chunk)
+            progress(split.name, result.lines, total)
+        result.sentences = src_out.sentences
+        result.src_tokens, result.tgt_tokens = src_out.tokens, tgt_out.tokens
+    if raw_copies is not None:
+        for f in raw_copies:
+            f.close()
+        result.sha256 = {k: h.hexdigest() for k, h in hashes.items()}
+    if split.filtered and result.sentences == 0:
+        raise DataError(f"{split.src}: no training pairs left after filtering ({result.filter})")
+    return result
+
+
+def _chunks(pairs: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
+    while chunk := list(itertools.islice(pairs, size)):
+        yield chunk
+
+
+def _filter(
+    src_ids: list[list[int]], tgt_ids: list[list[int]], cfg: DataConfig, stats: FilterStats
+) -> tuple[list[list[int]], list[list[int]]]:
+    kept_src, kept_tgt = [], []
+    max_len, max_ratio = cfg.max_length, cfg.max_length_ratio
+    for s, t in zip(src_ids, tgt_ids, strict=True):
+        ls, lt = len(s), len(t)
+        if ls == 0 or lt == 0:
+            stats.empty += 1
+        elif ls > max_len or lt > max_len:
+            stats.too_long += 1
+        elif max_ratio is not None and max(ls, lt) > max_ratio * min(ls, lt):
+            stats.ratio += 1
+        else:
+            kept_src.append(s)
+            kept_tgt.append(t)
+    stats.kept += len(kept_src)
+    return kept_src, kept_tgt

@@ -1,0 +1,134 @@
+"""SentencePiece models: training with fixed special ids, loading from bytes, sentence sampling."""
+
+from __future__ import annotations
+
+import io
+import re
+import tempfile
+import zlib
+from pathlib import Path
+
+import sentencepiece as spm
+
+from s2s_cli.errors import DataError
+
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+SPECIAL_IDS = {"pad": PAD, "unk": UNK, "bos": BOS, "eos": EOS}
+SPECIAL_PIECES = {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>"}
+
+
+class SentenceSample:
+    """Distinct sentences with their counts, capped at ``limit`` by deterministic hash sampling.
+
+    Duplicates cost one entry, so a corpus repeated ten times needs no more memory than once.
+    Past the cap the sample keeps only sentences whose CRC32 lies below a threshold that halves
+    whenever the cap is hit: an unbiased, order-independent subsample.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.counts: dict[str, int] = {}
+        self.threshold = 1 << 32
+        self.seen = 0
+
+    def add(self, sentence: str) -> None:
+        if not sentence.strip():
+            return
+        self.seen += 1
+        counts = self.counts
+        if sentence in counts:
+            counts[sentence] += 1
+            return
+        if self.threshold < (1 << 32) and _hash(sentence) >= self.threshold:
+            return
+        counts[sentence] = 1
+        while len(counts) > self.limit:
+            self.threshold //= 2
+            self.counts = counts = {s: c for s, c in counts.items() if _hash(s) < self.threshold}
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+
+def _hash(sentence: str) -> int:
+    return zlib.crc32(sentence.encode("utf-8"))
+
+
+def train_model(
+    sample: SentenceSample,
+    vocab_size: int,
+    model_type: str,
+    character_coverage: float,
+    threads: int,
+    seed: int,
+    origin: str,
+) -> bytes:
+    """Train a SentencePiece model on the sample (sentence TSV with counts); returns its bytes."""
+    if not sample.counts:
+        raise DataError(f"{origin}: empty corpus (no non-empty lines to learn a vocabulary from)")
+    spm.set_random_generator_seed(seed)
+    model = io.BytesIO()
+    with tempfile.TemporaryDirectory(prefix="s2s-spm-") as tmp:
+        tsv = Path(tmp) / "sample.tsv"
+        with open(tsv, "w", encoding="utf-8") as f:
+            for sentence, count in sample.counts.items():
+                f.write(f"{sentence.replace(chr(9), ' ')}\t{count}\n")
+        try:
+            spm.SentencePieceTrainer.train(
+                input=str(tsv),
+                input_format="tsv",
+                model_writer=model,
+                vocab_size=vocab_size,
+                model_type=model_type,
+                character_coverage=character_coverage,
+                pad_id=PAD,
+                unk_id=UNK,
+                bos_id=BOS,
+                eos_id=EOS,
+                num_threads=threads,
+                input_sentence_size=len(sample.counts) + 1,
+                max_sentence_length=1 << 16,
+                minloglevel=2,
+            )
+        except RuntimeError as err:
+            raise DataError(f"{origin}: {_explain(str(err), vocab_size)}") from None
+    return model.getvalue()
+
+
+def _explain(message: str, vocab_size: int) -> str:
+    limit = re.search(r"value <= (\d+)", message)
+    if limit:
+        return (
+            f"vocabulary size {vocab_size} is larger than this corpus supports "
+            f"(at most {limit.group(1)}); lower --vocab-size"
+        )
+    if "Vocabulary size is smaller than required_chars" in message:
+        return f"vocabulary size {vocab_size} is smaller than the corpus's character set"
+    return "SentencePiece training failed: " + message.splitlines()[-1].split("] ")[-1]
+
+
+def load_processor(model: bytes, origin: str) -> spm.SentencePieceProcessor:
+    """A processor from model bytes, checked to use s2s's fixed special ids."""
+    try:
+        processor = spm.SentencePieceProcessor(model_proto=model)
+    except (RuntimeError, OSError, TypeError):
+        raise DataError(f"{origin}: not a SentencePiece model") from None
+    ids = {
+        "pad": processor.pad_id(),
+        "unk": processor.unk_id(),
+        "bos": processor.bos_id(),
+        "eos": processor.eos_id(),
+    }
+    if ids != SPECIAL_IDS:
+        raise DataError(
+            f"{origin}: SentencePiece special ids {ids} differ from the required {SPECIAL_IDS} "
+            "(train it with --pad_id=0 --unk_id=1 --bos_id=2 --eos_id=3)"
+        )
+    return processor
+
+
+def read_model_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read SentencePiece model ({err.strerror or err})") from None

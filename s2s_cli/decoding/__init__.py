@@ -1,0 +1,1 @@
+"""Decoding: the scorer contract, beam search, greedy search, sampling and the Translator."""

@@ -1,0 +1,185 @@
+"""Beam search, batched over sentences x beams.
+
+Each step scores ``rows = sentences * beam`` live hypotheses, takes the ``2 * beam`` best
+extensions per sentence, moves extensions ending in EOS that rank within the top ``beam`` to the
+sentence's finished list, and keeps the best ``beam`` others alive. A sentence is done when it has
+``beam`` finished hypotheses or reaches its length limit; done sentences leave the batch (their
+rows are dropped through ``select``), so the rest continue at full speed.
+
+Scores are raw log-probability sums divided by the length penalty of the emitted length (EOS
+included), plus the optional coverage penalty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from s2s_cli.config import DecodeConfig
+from s2s_cli.data.spm import BOS, EOS
+from s2s_cli.decoding.constraints import (
+    block_repeated_ngrams,
+    constrain_step,
+    coverage_penalty,
+    length_penalty,
+    max_lengths,
+)
+from s2s_cli.decoding.hypothesis import Hypothesis
+from s2s_cli.decoding.scorer import Scorer
+
+
+@dataclass
+class _Beams:
+    """Live hypotheses, ``rows = len(sentences) * beam`` of them."""
+
+    sentences: Tensor  # n: original sentence index of each active sentence
+    tokens: Tensor  # rows x (t + 1), BOS first
+    scores: Tensor  # n x beam cumulative log-probabilities (-inf: dead)
+    piece_scores: Tensor  # rows x t log-probability of each emitted piece
+    attention: Tensor | None  # rows x t x S, when kept
+    max_len: Tensor  # rows
+    src_len: Tensor  # rows (source pieces incl. EOS)
+
+    def select(self, rows: Tensor, keep: Tensor, scores: Tensor, tokens: Tensor,
+               piece_scores: Tensor, step_attention: Tensor | None) -> _Beams:
+        attention = None
+        if self.attention is not None and step_attention is not None:
+            attention = torch.cat(
+                [self.attention.index_select(0, rows), step_attention.index_select(0, rows).unsqueeze(1)],
+                dim=1,
+            )
+        return _Beams(
+            self.sentences.index_select(0, keep),
+            torch.cat([self.tokens.index_select(0, rows), tokens.unsqueeze(1)], dim=1),
+            scores,
+            torch.cat([self.piece_scores.index_select(0, rows), piece_scores.unsqueeze(1)], dim=1),
+            attention,
+            self.max_len.index_select(0, rows),
+            self.src_len.index_select(0, rows),
+        )
+
+
+def beam_search(
+    scorer: Scorer, src: Tensor, src_lengths: Tensor, cfg: DecodeConfig, keep_attention: bool = False
+) -> list[list[Hypothesis]]:
+    """Search for each of the ``B`` sentences in ``src`` (B x S, EOS-terminated, right-padded).
+
+    Returns, per sentence, its ``cfg.nbest`` best hypotheses sorted by score (best first).
+    """
+    beam = cfg.beam
+    batch = src.size(0)
+    device = src.device
+    keep_attention = keep_attention or cfg.coverage_penalty != 0.0
+    enc = scorer.encode(src, src_lengths)
+    state = scorer.init_state(enc)
+    rows = torch.arange(batch, device=device).repeat_interleave(beam)
+    enc, state = scorer.select(enc, state, rows)
+    scores = torch.full((batch, beam), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # all beams start identical: keep one so hypotheses stay distinct
+    beams = _Beams(
+        sentences=torch.arange(batch, device=device),
+        tokens=torch.full((batch * beam, 1), BOS, dtype=torch.long, device=device),
+        scores=scores,
+        piece_scores=torch.zeros(batch * beam, 0, device=device),
+        attention=torch.zeros(batch * beam, 0, src.size(1), device=device) if keep_attention else None,
+        max_len=max_lengths(src_lengths - 1, cfg.max_len_a, cfg.max_len_b).index_select(0, rows),
+        src_len=src_lengths.index_select(0, rows),
+    )
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    step = 0
+    while beams.sentences.numel():
+        lprobs, state, step_attention = scorer.step(beams.tokens[:, -1], state, enc)
+        lprobs = constrain_step(lprobs, step, beams.max_len, cfg.min_len)
+        if cfg.no_repeat_ngram:
+            lprobs = block_repeated_ngrams(lprobs, beams.tokens[:, 1:], cfg.no_repeat_ngram)
+        top_scores, top_rows, top_tokens = _top_candidates(beams.scores, lprobs, beam)
+        _finalize(finished, beams, top_scores, top_rows, top_tokens, lprobs, step_attention, cfg)
+        next_scores, next_rows, next_tokens = _next_beams(top_scores, top_rows, top_tokens, beam)
+        done = _sentence_done(finished, beams, next_scores, step, beam)
+        keep = (~done).nonzero(as_tuple=True)[0]
+        rows = next_rows.index_select(0, keep).view(-1)
+        piece_scores = lprobs[next_rows.view(-1), next_tokens.view(-1)].view_as(next_scores)
+        beams = beams.select(
+            rows, keep, next_scores.index_select(0, keep),
+            next_tokens.index_select(0, keep).view(-1),
+            piece_scores.index_select(0, keep).view(-1),
+            step_attention,
+        )
+        enc, state = scorer.select(enc, state, rows)
+        step += 1
+    return [_best(hyps, cfg.nbest) for hyps in finished]
+
+
+def _top_candidates(scores: Tensor, lprobs: Tensor, beam: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``2 * beam`` best (score, source row, token) extensions per sentence, best first."""
+    sentences, vocab = scores.size(0), lprobs.size(1)
+    candidates = (scores.view(-1, 1) + lprobs).view(sentences, beam * vocab)
+    top_scores, flat = candidates.topk(min(2 * beam, beam * vocab), dim=1)
+    row_base = torch.arange(sentences, device=scores.device).unsqueeze(1) * beam
+    return top_scores, row_base + flat // vocab, flat % vocab
+
+
+def _finalize(
+    finished: list[list[Hypothesis]], beams: _Beams, top_scores: Tensor, top_rows: Tensor,
+    top_tokens: Tensor, lprobs: Tensor, step_attention: Tensor | None, cfg: DecodeConfig,
+) -> None:
+    """Move EOS extensions ranked within the top ``beam`` to their sentence's finished list."""
+    beam = cfg.beam
+    ending = (top_tokens[:, :beam] == EOS) & torch.isfinite(top_scores[:, :beam])
+    if not bool(ending.any()):
+        return
+    for i, j in ending.nonzero().tolist():
+        sentence = int(beams.sentences[i])
+        if len(finished[sentence]) >= beam:
+            continue
+        row = int(top_rows[i, j])
+        tokens = beams.tokens[row, 1:].tolist()
+        pieces = beams.piece_scores[row].tolist() + [float(lprobs[row, EOS])]
+        attention = None
+        if beams.attention is not None and step_attention is not None:
+            src_len = int(beams.src_len[row])
+            attention = torch.cat(
+                [beams.attention[row], step_attention[row].unsqueeze(0)], dim=0
+            )[:, :src_len].float().cpu()
+        score = float(top_scores[i, j]) / length_penalty(len(pieces), cfg.lenpen, cfg.lenpen_style)
+        if attention is not None:
+            score += coverage_penalty(attention, cfg.coverage_penalty)
+        finished[sentence].append(Hypothesis(tokens, score, pieces, attention))
+
+
+def _next_beams(
+    top_scores: Tensor, top_rows: Tensor, top_tokens: Tensor, beam: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The best ``beam`` extensions that do not end in EOS (dead ones get -inf)."""
+    width = top_scores.size(1)
+    rank = torch.arange(width, device=top_scores.device).expand_as(top_scores)
+    unusable = (top_tokens == EOS) | ~torch.isfinite(top_scores)
+    order = torch.where(unusable, rank + width, rank).argsort(dim=1)[:, :beam]
+    scores = top_scores.gather(1, order)
+    scores = scores.masked_fill(unusable.gather(1, order), float("-inf"))
+    if order.size(1) < beam:  # vocabulary smaller than the beam: pad with dead beams
+        pad = beam - order.size(1)
+        order = torch.cat([order, order[:, :1].expand(-1, pad)], dim=1)
+        scores = torch.cat([scores, scores.new_full((scores.size(0), pad), float("-inf"))], dim=1)
+    return scores, top_rows.gather(1, order), top_tokens.gather(1, order)
+
+
+def _sentence_done(
+    finished: list[list[Hypothesis]], beams: _Beams, next_scores: Tensor, step: int, beam: int
+) -> Tensor:
+    """Per active sentence: it has ``beam`` hypotheses, hit its length limit, or has no live beam."""
+    limit_reached = beams.max_len.view(-1, beam)[:, 0] <= step
+    no_live = ~torch.isfinite(next_scores).any(dim=1)
+    counts = torch.tensor(
+        [len(finished[int(s)]) >= beam for s in beams.sentences.tolist()],
+        dtype=torch.bool, device=next_scores.device,
+    )
+    return counts | limit_reached | no_live
+
+
+def _best(hypotheses: list[Hypothesis], nbest: int) -> list[Hypothesis]:
+    if not hypotheses:  # only when every continuation was forbidden (e.g. n-gram blocking)
+        return [Hypothesis([], float("-inf"), [])]
+    return sorted(hypotheses, key=lambda h: h.score, reverse=True)[:nbest]

@@ -1,0 +1,73 @@
+"""Rules that shape each step's log-probabilities and the final scores of a search.
+
+Each is a small pure function so it can be tested alone: length limits, n-gram blocking, and the
+length and coverage penalties.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from s2s_cli.data.spm import BOS, EOS, PAD
+
+
+def max_lengths(src_lengths: Tensor, a: float, b: int) -> Tensor:
+    """Most pieces (EOS excluded) each output may have: ``a * source length + b``.
+
+    Source lengths exclude the EOS the model input ends with.
+    """
+    return (a * src_lengths.float() + b).floor().long().clamp(min=1)
+
+
+def constrain_step(
+    lprobs: Tensor, step: int, max_len: Tensor, min_len: int
+) -> Tensor:
+    """Forbid PAD/BOS always, EOS before ``min_len`` pieces, anything but EOS at ``max_len``.
+
+    ``lprobs`` is ``rows x V`` for the piece at position ``step`` (0-based); ``max_len`` is per row.
+    """
+    lprobs[:, PAD] = float("-inf")
+    lprobs[:, BOS] = float("-inf")
+    if step < min_len:
+        lprobs[:, EOS] = float("-inf")
+    at_limit = max_len <= step
+    if bool(at_limit.any()):
+        eos_scores = lprobs[at_limit, EOS].clone()
+        lprobs[at_limit] = float("-inf")
+        lprobs[at_limit, EOS] = torch.where(torch.isfinite(eos_scores), eos_scores, 0.0)
+    return lprobs
+
+
+def block_repeated_ngrams(lprobs: Tensor, history: Tensor, n: int) -> Tensor:
+    """Forbid any piece that would complete an ``n``-gram already in that row's ``history``.
+
+    ``history`` is ``rows x t`` (the pieces emitted so far, BOS excluded).
+    """
+    steps = history.size(1)
+    if n <= 0 or steps < n:
+        return lprobs
+    windows = history.unfold(1, n, 1)  # rows x (t - n + 1) x n
+    prefix = history[:, steps - n + 1 :] if n > 1 else history[:, :0]
+    matches = (windows[:, :, : n - 1] == prefix.unsqueeze(1)).all(-1)  # rows x windows
+    rows, positions = matches.nonzero(as_tuple=True)
+    if rows.numel():
+        lprobs[rows, windows[rows, positions, n - 1]] = float("-inf")
+    return lprobs
+
+
+def length_penalty(length: int | Tensor, alpha: float, style: str) -> float | Tensor:
+    """Divisor for a raw log-probability; ``length`` counts emitted pieces including EOS."""
+    if alpha == 0.0:
+        return 1.0 if isinstance(length, int) else torch.ones_like(length, dtype=torch.float)
+    if style == "gnmt":
+        return ((5.0 + length) / 6.0) ** alpha
+    return length**alpha if isinstance(length, int) else length.float() ** alpha
+
+
+def coverage_penalty(attention: Tensor, beta: float) -> float:
+    """GNMT's ``beta * sum_i log(min(sum_t a_ti, 1))`` for one hypothesis's ``T x S`` attention."""
+    if beta == 0.0:
+        return 0.0
+    coverage = attention.float().sum(0).clamp(min=1e-6, max=1.0)
+    return beta * float(coverage.log().sum())

@@ -1,0 +1,89 @@
+"""Greedy search, and the single-path loop that sampling shares with it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from s2s_cli.config import DecodeConfig
+from s2s_cli.data.spm import BOS, EOS
+from s2s_cli.decoding.constraints import (
+    block_repeated_ngrams,
+    constrain_step,
+    coverage_penalty,
+    length_penalty,
+    max_lengths,
+)
+from s2s_cli.decoding.hypothesis import Hypothesis
+from s2s_cli.decoding.scorer import Scorer
+
+ChooseFn = Callable[[Tensor], Tensor]  # rows x V log-probs -> rows chosen piece ids
+
+
+def greedy_search(
+    scorer: Scorer, src: Tensor, src_lengths: Tensor, cfg: DecodeConfig, keep_attention: bool = False
+) -> list[list[Hypothesis]]:
+    """The most likely next piece at every step; one hypothesis per sentence."""
+    return single_path_search(scorer, src, src_lengths, cfg, _argmax, keep_attention)
+
+
+def _argmax(lprobs: Tensor) -> Tensor:
+    return lprobs.argmax(dim=-1)
+
+
+def single_path_search(
+    scorer: Scorer, src: Tensor, src_lengths: Tensor, cfg: DecodeConfig, choose: ChooseFn,
+    keep_attention: bool = False,
+) -> list[list[Hypothesis]]:
+    """Extend one hypothesis per row with ``choose`` until EOS; finished rows leave the batch."""
+    batch = src.size(0)
+    device = src.device
+    keep_attention = keep_attention or cfg.coverage_penalty != 0.0
+    enc = scorer.encode(src, src_lengths)
+    state = scorer.init_state(enc)
+    rows = torch.arange(batch, device=device)
+    tokens = torch.full((batch, 1), BOS, dtype=torch.long, device=device)
+    piece_scores = torch.zeros(batch, 0, device=device)
+    attention = torch.zeros(batch, 0, src.size(1), device=device) if keep_attention else None
+    max_len = max_lengths(src_lengths - 1, cfg.max_len_a, cfg.max_len_b)
+    src_len = src_lengths
+    results: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    step = 0
+    while rows.numel():
+        lprobs, state, step_attention = scorer.step(tokens[:, -1], state, enc)
+        lprobs = constrain_step(lprobs, step, max_len, cfg.min_len)
+        if cfg.no_repeat_ngram:
+            lprobs = block_repeated_ngrams(lprobs, tokens[:, 1:], cfg.no_repeat_ngram)
+        chosen = choose(lprobs)
+        tokens = torch.cat([tokens, chosen.unsqueeze(1)], dim=1)
+        piece_scores = torch.cat([piece_scores, lprobs.gather(1, chosen.unsqueeze(1))], dim=1)
+        if attention is not None and step_attention is not None:
+            attention = torch.cat([attention, step_attention.float().unsqueeze(1)], dim=1)
+        ended = (chosen == EOS) | (max_len <= step) | ~torch.isfinite(piece_scores[:, -1])
+        for i in ended.nonzero(as_tuple=True)[0].tolist():
+            hyp_attention = None if attention is None else attention[i, :, : int(src_len[i])].cpu()
+            results[int(rows[i])] = [_hypothesis(tokens[i, 1:], piece_scores[i], hyp_attention, cfg)]
+        if bool(ended.any()):
+            keep = (~ended).nonzero(as_tuple=True)[0]
+            rows, tokens, piece_scores = rows[keep], tokens[keep], piece_scores[keep]
+            max_len, src_len = max_len[keep], src_len[keep]
+            attention = None if attention is None else attention[keep]
+            enc, state = scorer.select(enc, state, keep)
+        step += 1
+    return results
+
+
+def _hypothesis(
+    emitted: Tensor, piece_scores: Tensor, attention: Tensor | None, cfg: DecodeConfig
+) -> Hypothesis:
+    pieces = emitted.tolist()
+    if pieces and pieces[-1] == EOS:
+        pieces = pieces[:-1]
+    scores = piece_scores.tolist()
+    raw = sum(scores)
+    score = raw / length_penalty(len(scores), cfg.lenpen, cfg.lenpen_style)
+    if attention is not None:
+        score += coverage_penalty(attention, cfg.coverage_penalty)
+    return Hypothesis(pieces, score, scores, attention)

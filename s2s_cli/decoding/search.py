@@ -1,0 +1,75 @@
+"""Run a search over many sentences: length-sorted batches, autocast, original order restored."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from s2s_cli.config import DecodeConfig
+from s2s_cli.data.loader import source_tensor
+from s2s_cli.decoding.beam import beam_search
+from s2s_cli.decoding.greedy import greedy_search
+from s2s_cli.decoding.hypothesis import Hypothesis
+from s2s_cli.decoding.sampling import sample
+from s2s_cli.decoding.scorer import Scorer
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast for ``bf16``/``fp16``; a no-op for ``fp32``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
+
+
+def search_batch(
+    scorer: Scorer, src: torch.Tensor, lengths: torch.Tensor, cfg: DecodeConfig,
+    keep_attention: bool = False, generator: torch.Generator | None = None,
+) -> list[list[Hypothesis]]:
+    """One padded batch through the configured strategy: sampling, greedy (beam 1) or beam."""
+    if cfg.sampling:
+        return sample(scorer, src, lengths, cfg, generator, keep_attention)
+    if cfg.beam == 1:
+        return greedy_search(scorer, src, lengths, cfg, keep_attention)
+    return beam_search(scorer, src, lengths, cfg, keep_attention)
+
+
+def length_sorted_batches(
+    lengths: Sequence[int], batch_size: int, max_tokens: int | None
+) -> Iterator[list[int]]:
+    """Positions grouped into batches of similar length (longest first), within both limits."""
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    batch: list[int] = []
+    widest = 0
+    for position in order.tolist():
+        width = max(widest, lengths[position] + 1)
+        if batch and (len(batch) >= batch_size or (max_tokens and width * (len(batch) + 1) > max_tokens)):
+            yield batch
+            batch, width = [], lengths[position] + 1
+        batch.append(position)
+        widest = width
+    if batch:
+        yield batch
+
+
+@torch.inference_mode()
+def search_all(
+    scorer: Scorer, sentences: Sequence[Sequence[int] | np.ndarray], cfg: DecodeConfig,
+    device: torch.device, keep_attention: bool = False, generator: torch.Generator | None = None,
+) -> list[list[Hypothesis]]:
+    """Hypotheses for every sentence (piece ids, no EOS), in input order."""
+    results: list[list[Hypothesis]] = [[] for _ in sentences]
+    lengths = [len(s) for s in sentences]
+    for positions in length_sorted_batches(lengths, cfg.batch_size, cfg.max_tokens):
+        src, src_lengths = source_tensor([np.asarray(sentences[p]) for p in positions])
+        with autocast(device, cfg.precision):
+            batch_results = search_batch(
+                scorer, src.to(device), src_lengths.to(device), cfg, keep_attention, generator
+            )
+        for position, hypotheses in zip(positions, batch_results, strict=True):
+            results[position] = hypotheses
+    return results

@@ -1,0 +1,149 @@
+"""Translate a stream of lines buffer by buffer: what ``s2s translate`` runs.
+
+Output flows as each buffer finishes, one line per input line, in input order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from s2s_cli.config import DecodeConfig, build_section
+from s2s_cli.decoding.alignment import format_alignment
+from s2s_cli.decoding.plot import write_attention_plot
+from s2s_cli.decoding.translator import Translation, Translator
+from s2s_cli.errors import ConfigError
+from s2s_cli.io import atomic_path, check_writable_dir, iter_lines, open_binary
+
+log = logging.getLogger(__name__)
+FORMATS = ("text", "jsonl")
+
+
+@dataclass
+class StreamOptions:
+    checkpoints: list[Path]
+    input_file: Path | None = None
+    output_file: Path | None = None
+    output_format: str = "text"
+    print_alignment: bool = False
+    attention_plot: Path | None = None
+    device: str = "auto"
+    decode_overrides: dict[str, Any] = field(default_factory=dict)
+    interactive: bool = False
+    progress: bool = False
+
+
+def translate_stream(options: StreamOptions, console: Any = None) -> int:
+    """Translate ``options.input_file`` (or stdin) to the output; returns the number of lines."""
+    if options.output_format not in FORMATS:
+        raise ConfigError(f"--format: '{options.output_format}' is not one of: {', '.join(FORMATS)}")
+    if options.output_file is not None:
+        check_writable_dir(options.output_file.parent, "output directory")
+    if options.attention_plot is not None:
+        check_writable_dir(options.attention_plot, "attention plot directory")
+    translator = Translator.from_checkpoint(options.checkpoints, device=options.device)
+    cfg = _decode_config(translator.config.decode, options)
+    keep_attention = options.print_alignment or options.attention_plot is not None
+    generator = torch.Generator(device=translator.device).manual_seed(cfg.seed) if cfg.sampling else None
+    count = 0
+    with _input_lines(options.input_file) as lines, _output(options.output_file) as out, \
+            _progress(options.progress, console) as advance:
+        for buffer in _buffers(lines, cfg.buffer_size):
+            results = translator.translate_hypotheses(
+                buffer, keep_attention=keep_attention, generator=generator, **asdict(cfg)
+            )
+            for result in results:
+                _report_truncation(result, count, cfg.max_source_len)
+                out.write(_format(result, count, options) + "\n")
+                if options.attention_plot is not None:
+                    _plot(options.attention_plot, count, result)
+                count += 1
+            out.flush()
+            advance(len(buffer))
+    return count
+
+
+def _decode_config(base: DecodeConfig, options: StreamOptions) -> DecodeConfig:
+    overrides = dict(options.decode_overrides)
+    if "buffer_size" not in overrides and options.interactive:
+        overrides["buffer_size"] = 1  # a person typing expects each line answered at once
+    return build_section(DecodeConfig, {**asdict(base), **overrides}, "decode.")
+
+
+@contextlib.contextmanager
+def _input_lines(path: Path | None) -> Iterator[Iterator[str]]:
+    if path is None:
+        yield iter_lines(sys.stdin.buffer, "<stdin>")
+        return
+    with open_binary(path) as stream:
+        yield iter_lines(stream, path)
+
+
+@contextlib.contextmanager
+def _output(path: Path | None) -> Iterator[IO[str]]:
+    if path is None:
+        yield sys.stdout
+        return
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        yield f
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, console: Any) -> Iterator[Any]:
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.completed} lines"), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("translate", total=None)
+        yield lambda n: progress.advance(task, n)
+
+
+def _buffers(lines: Iterator[str], size: int) -> Iterator[list[str]]:
+    while buffer := list(itertools.islice(lines, size)):
+        yield buffer
+
+
+def _report_truncation(result: Translation, index: int, limit: int) -> None:
+    if result.truncated:
+        log.warning("line %d: longer than --max-source-len %d pieces; truncated", index + 1, limit)
+
+
+def _format(result: Translation, index: int, options: StreamOptions) -> str:
+    if options.output_format == "jsonl":
+        hypotheses = []
+        for hyp in result.hypotheses:
+            entry: dict[str, Any] = {"text": hyp.text, "score": hyp.score, "pieces": hyp.pieces}
+            if options.print_alignment:
+                entry["alignment"] = format_alignment(hyp.alignment or [])
+            hypotheses.append(entry)
+        return json.dumps(
+            {"id": index, "source": result.source, "hypotheses": hypotheses}, ensure_ascii=False
+        )
+    fields = []
+    for hyp in result.hypotheses:
+        fields.append(hyp.text)
+        if options.print_alignment:
+            fields.append(format_alignment(hyp.alignment or []))
+    return "\t".join(fields)
+
+
+def _plot(directory: Path, index: int, result: Translation) -> None:
+    best = result.hypotheses[0]
+    if best.attention is None:
+        return
+    write_attention_plot(
+        directory, index, best.attention, result.source_pieces + ["</s>"], best.pieces + ["</s>"]
+    )
+

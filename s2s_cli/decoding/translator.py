@@ -1,0 +1,159 @@
+"""``Translator``: raw text in, detokenized text (or scored hypotheses) out.
+
+The checkpoint's own SentencePiece models encode and decode, so a checkpoint file is all a user
+needs. Several checkpoints form an ensemble (their vocabularies must be identical).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from s2s_cli.checkpoint import load_checkpoint, model_from_checkpoint, tensor_to_spm
+from s2s_cli.config import DecodeConfig, ExperimentConfig
+from s2s_cli.data.spm import SPECIAL_PIECES, load_processor
+from s2s_cli.decoding.alignment import hard_alignment, replace_unknowns
+from s2s_cli.decoding.hypothesis import Hypothesis
+from s2s_cli.decoding.scorer import Ensemble
+from s2s_cli.decoding.search import search_all
+from s2s_cli.errors import CheckpointError, ConfigError
+
+
+@dataclass
+class TranslatedHypothesis:
+    text: str
+    pieces: list[str]
+    tokens: list[int]
+    score: float
+    positional_scores: list[float]
+    attention: Tensor | None = None  # (pieces + 1) x (source pieces + 1), EOS last on both
+    alignment: list[tuple[int, int]] | None = None  # (source, target) piece indices
+
+
+@dataclass
+class Translation:
+    source: str
+    source_pieces: list[str]  # as translated (after truncation)
+    truncated: bool
+    hypotheses: list[TranslatedHypothesis]
+
+    @property
+    def text(self) -> str:
+        return self.hypotheses[0].text if self.hypotheses else ""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` means CUDA when available, else CPU; errors name the problem in one line."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device: '{name}' is not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available")
+    return device
+
+
+class Translator:
+    """Translate raw sentences with one model or an ensemble."""
+
+    def __init__(
+        self, models: list[torch.nn.Module], config: ExperimentConfig, src_spm: Any, tgt_spm: Any,
+        device: torch.device,
+    ) -> None:
+        self.models = models
+        self.config = config
+        self.src_spm = src_spm
+        self.tgt_spm = tgt_spm
+        self.device = device
+        self.scorer = Ensemble(models)
+
+    @classmethod
+    def from_checkpoint(
+        cls, paths: str | Path | Sequence[str | Path], device: str | torch.device = "auto"
+    ) -> Translator:
+        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        if not paths:
+            raise ConfigError("no checkpoint given")
+        device = resolve_device(device) if isinstance(device, str) else device
+        models, spm_models, config = [], None, None
+        for path in paths:
+            payload = load_checkpoint(path, map_location="cpu")
+            model, cfg = model_from_checkpoint(payload, path, device)
+            spm = (tensor_to_spm(payload["spm"]["src"]), tensor_to_spm(payload["spm"]["tgt"]))
+            if spm_models is not None and spm != spm_models:
+                raise CheckpointError(
+                    f"{path}: its vocabulary differs from {paths[0]}'s; ensemble members must share "
+                    "their SentencePiece models"
+                )
+            spm_models = spm_models or spm
+            config = config or cfg
+            models.append(model)
+        assert spm_models is not None and config is not None
+        src_spm = load_processor(spm_models[0], f"{paths[0]} (source SentencePiece model)")
+        tgt_spm = load_processor(spm_models[1], f"{paths[0]} (target SentencePiece model)")
+        return cls(models, config, src_spm, tgt_spm, device)
+
+    def decode_config(self, **overrides: Any) -> DecodeConfig:
+        """The checkpoint's decode settings with ``overrides`` (e.g. ``beam=5``) applied."""
+        known = {f.name for f in dataclasses.fields(DecodeConfig)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown decode option(s): {', '.join(unknown)}")
+        values = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self.config.decode, **values)
+
+    def translate(self, lines: Sequence[str], **overrides: Any) -> list[str]:
+        """The best translation of each line (``beam=``, ``lenpen=``, ... override decoding)."""
+        return [t.text for t in self.translate_hypotheses(lines, **overrides)]
+
+    def translate_hypotheses(
+        self, lines: Sequence[str], keep_attention: bool = False,
+        generator: torch.Generator | None = None, **overrides: Any,
+    ) -> list[Translation]:
+        """N-best hypotheses with scores (and attention/alignments when ``keep_attention``)."""
+        cfg = self.decode_config(**overrides)
+        keep_attention = keep_attention or cfg.replace_unk
+        pieces, truncated = self._encode(lines, cfg.max_source_len)
+        todo = [i for i, p in enumerate(pieces) if p]
+        hypotheses = search_all(
+            self.scorer, [pieces[i] for i in todo], cfg, self.device, keep_attention, generator
+        )
+        found = dict(zip(todo, hypotheses, strict=True))
+        results = []
+        for i, line in enumerate(lines):
+            source_pieces = self.src_spm.id_to_piece(pieces[i]) if pieces[i] else []
+            hyps = [self._finish(h, source_pieces, cfg, keep_attention) for h in found.get(i, [])]
+            if not hyps:  # an empty line translates to an empty line
+                hyps = [TranslatedHypothesis("", [], [], 0.0, [])]
+            results.append(Translation(line, source_pieces, truncated[i], hyps))
+        return results
+
+    def _encode(self, lines: Sequence[str], limit: int) -> tuple[list[list[int]], list[bool]]:
+        encoded = self.src_spm.encode([line.strip() for line in lines], out_type=int)
+        truncated = [len(ids) > limit for ids in encoded]
+        return [ids[:limit] for ids in encoded], truncated
+
+    def _finish(
+        self, hyp: Hypothesis, source_pieces: list[str], cfg: DecodeConfig, keep_attention: bool
+    ) -> TranslatedHypothesis:
+        pieces = self.tgt_spm.id_to_piece(hyp.tokens) if hyp.tokens else []
+        alignment = None
+        if hyp.attention is not None:
+            alignment = hard_alignment(hyp.attention, len(source_pieces), len(pieces))
+        if cfg.replace_unk and alignment is not None:
+            pieces = replace_unknowns(pieces, source_pieces, alignment, SPECIAL_PIECES["unk"])
+            text = self.tgt_spm.decode_pieces(pieces)
+        else:
+            text = self.tgt_spm.decode(hyp.tokens)
+        return TranslatedHypothesis(
+            text, pieces, hyp.tokens, hyp.score, hyp.positional_scores,
+            hyp.attention if keep_attention else None, alignment if keep_attention else None,
+        )

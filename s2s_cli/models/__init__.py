@@ -1,0 +1,1 @@
+"""Models: encoder, attention, decoder, bridge and the Seq2Seq decoding contract."""

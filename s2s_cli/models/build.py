@@ -1,0 +1,60 @@
+"""``build_model``: the one factory from a validated ``ModelConfig`` to a ``Seq2Seq``."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from s2s_cli.config import ModelConfig
+from s2s_cli.data.spm import PAD
+from s2s_cli.errors import ConfigError
+from s2s_cli.models.decoder import Decoder
+from s2s_cli.models.encoder import Encoder
+from s2s_cli.models.seq2seq import Bridge, Seq2Seq
+
+
+def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
+    """Build the model the config describes (choices were validated when the config loaded)."""
+    src_embedding = _embedding(src_vocab_size, cfg.embed_dim)
+    if cfg.share_embeddings:
+        if src_vocab_size != tgt_vocab_size:
+            raise ConfigError(
+                "model.share_embeddings needs one joint vocabulary; this dataset has "
+                f"{src_vocab_size} source and {tgt_vocab_size} target pieces"
+            )
+        tgt_embedding = src_embedding
+    else:
+        tgt_embedding = _embedding(tgt_vocab_size, cfg.embed_dim)
+    encoder = Encoder(
+        src_embedding, cfg.cell, cfg.encoder_output_size, cfg.encoder_layers, cfg.bidirectional,
+        cfg.dropout, cfg.reverse_source,
+    )
+    decoder = Decoder(
+        tgt_embedding, cfg.cell, cfg.hidden_size, cfg.decoder_layers, cfg.encoder_output_size,
+        cfg.attention, cfg.attention_placement, cfg.input_feeding, cfg.peeky, cfg.tie_embeddings,
+        cfg.dropout,
+    )
+    bridge = Bridge(cfg.bridge, cfg.cell, cfg.encoder_output_size, cfg.hidden_size, cfg.decoder_layers)
+    return Seq2Seq(encoder, decoder, bridge)
+
+
+def _embedding(vocab_size: int, dim: int) -> nn.Embedding:
+    embedding = nn.Embedding(vocab_size, dim, padding_idx=PAD)
+    nn.init.normal_(embedding.weight, std=dim**-0.5)
+    nn.init.zeros_(embedding.weight[PAD])
+    return embedding
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Parameters per top-level module (shared tensors counted once) and the total."""
+    seen: set[int] = set()
+    counts: dict[str, int] = {}
+    for name, param in model.named_parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        parts = name.split(".")
+        # decoder.rnn.weight_ih_l0 -> decoder.rnn; decoder.output_weight -> decoder.output
+        module = f"{parts[0]}.{parts[1]}" if len(parts) > 2 else f"{parts[0]}.{parts[1].split('_')[0]}"
+        counts[module] = counts.get(module, 0) + param.numel()
+    counts["total"] = sum(counts.values())
+    return counts

@@ -1,0 +1,169 @@
+"""The recurrent decoder: every classic variant behind one ``step`` and one fused ``forward``.
+
+One decoder step, for attention placement ``luong`` (attention after the RNN)::
+
+    x_t = [emb(y_{t-1}); o_{t-1} if input feeding; s if peeky]
+    h_t = RNN(x_t, h_{t-1});  c_t, a_t = attend(h_t);  o_t = tanh(W [c_t; h_t])
+    logits_t = out([o_t; s if peeky])
+
+and for ``bahdanau`` (attention before the RNN, from the previous state)::
+
+    c_t, a_t = attend(h_{t-1});  x_t = [emb(y_{t-1}); c_t; o_{t-1}?; s?]
+    h_t = RNN(x_t, h_{t-1});  o_t = tanh(W [c_t; h_t])
+
+Without attention ``o_t = h_t``. ``s`` is the encoder summary (peeky, Cho et al. 2014). When no
+step depends on the previous one except through the RNN state (no input feeding, luong or no
+attention), :meth:`Decoder.forward_fused` runs the RNN over the whole target in one call and
+attends for all steps with batched matrix products.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from s2s_cli.models.attention import Attention
+from s2s_cli.models.encoder import RNN_CLASSES, EncoderOut
+
+
+class DecoderState(NamedTuple):
+    """Recurrent state between steps; ``select`` reorders it along the batch (beam search)."""
+
+    hidden: Tensor  # layers x B x Hd
+    cell: Tensor | None  # layers x B x Hd (LSTM only)
+    feed: Tensor | None  # B x Hd previous attentional vector (input feeding only)
+
+    def select(self, index: Tensor) -> DecoderState:
+        return DecoderState(
+            self.hidden.index_select(1, index),
+            None if self.cell is None else self.cell.index_select(1, index),
+            None if self.feed is None else self.feed.index_select(0, index),
+        )
+
+    def rnn_state(self) -> Tensor | tuple[Tensor, Tensor]:
+        return self.hidden if self.cell is None else (self.hidden, self.cell)
+
+
+class Decoder(nn.Module):
+    """Target embeddings, RNN stack, attention, attentional layer and output projection."""
+
+    def __init__(
+        self,
+        embedding: nn.Embedding,
+        cell: str,
+        hidden_size: int,
+        layers: int,
+        encoder_size: int,
+        attention: str,
+        placement: str,
+        input_feeding: bool,
+        peeky: bool,
+        tie_embeddings: bool,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.cell = cell
+        self.hidden_size = hidden_size
+        self.layers = layers
+        self.input_feeding = input_feeding
+        self.peeky = peeky
+        self.placement = placement
+        self.attention = None if attention == "none" else Attention(attention, hidden_size, encoder_size)
+        self.attend_first = self.attention is not None and placement == "bahdanau"
+        embed_dim = embedding.embedding_dim
+        rnn_input = (
+            embed_dim
+            + (hidden_size if input_feeding else 0)
+            + (encoder_size if self.attend_first else 0)
+            + (encoder_size if peeky else 0)
+        )
+        self.rnn = RNN_CLASSES[cell](
+            rnn_input, hidden_size, num_layers=layers, dropout=dropout if layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.combine = (
+            None if self.attention is None
+            else nn.Linear(encoder_size + hidden_size, hidden_size, bias=False)
+        )
+        self.dropout = nn.Dropout(dropout)
+        feature_size = hidden_size + (encoder_size if peeky else 0)
+        self.output_bias = nn.Parameter(torch.zeros(embedding.num_embeddings))
+        if tie_embeddings:
+            # Logits come from the (shared) embedding matrix, so features must be embed_dim wide.
+            self.pre_output = nn.Linear(feature_size, embed_dim, bias=False)
+            self.output_weight = None
+        else:
+            self.pre_output = None
+            self.output_weight = nn.Parameter(torch.empty(embedding.num_embeddings, feature_size))
+            nn.init.normal_(self.output_weight, std=feature_size**-0.5)
+
+    @property
+    def fused(self) -> bool:
+        """Whether training can run the whole target sequence in one RNN call."""
+        return not self.input_feeding and not self.attend_first
+
+    def project(self, features: Tensor) -> Tensor:
+        """Output layer: features (any leading shape) -> logits over the target vocabulary."""
+        if self.pre_output is not None:
+            return nn.functional.linear(self.pre_output(features), self.embedding.weight, self.output_bias)
+        return nn.functional.linear(features, self.output_weight, self.output_bias)
+
+    def step(
+        self, prev_tokens: Tensor, state: DecoderState, enc: EncoderOut
+    ) -> tuple[Tensor, DecoderState, Tensor | None]:
+        """One step for a batch of previous tokens ``B``: features ``B x F``, new state, attention."""
+        inputs = [self.dropout(self.embedding(prev_tokens))]
+        context = weights = None
+        if self.attend_first:
+            context, weights = self._attend(state.hidden[-1], enc)
+            inputs.append(context)
+        if self.input_feeding:
+            inputs.append(state.feed)
+        if self.peeky:
+            inputs.append(enc.summary)
+        output, rnn_state = self.rnn(torch.cat(inputs, dim=-1).unsqueeze(1), state.rnn_state())
+        hidden_top = output.squeeze(1)
+        if self.attention is not None and not self.attend_first:
+            context, weights = self._attend(hidden_top, enc)
+        attentional = self._attentional(hidden_top, context)
+        hidden, cell = rnn_state if isinstance(rnn_state, tuple) else (rnn_state, None)
+        new_state = DecoderState(hidden, cell, attentional if self.input_feeding else None)
+        return self._features(attentional, enc), new_state, weights
+
+    def forward_fused(
+        self, tgt_in: Tensor, state: DecoderState, enc: EncoderOut
+    ) -> tuple[Tensor, Tensor | None]:
+        """All target steps at once (only when :attr:`fused`): features ``B x T x F``, attention."""
+        assert self.fused
+        embedded = self.dropout(self.embedding(tgt_in))
+        if self.peeky:
+            summary = enc.summary.unsqueeze(1).expand(-1, tgt_in.size(1), -1)
+            embedded = torch.cat([embedded, summary], dim=-1)
+        hidden, _ = self.rnn(embedded, state.rnn_state())
+        context = weights = None
+        if self.attention is not None:
+            assert enc.keys is not None
+            context, weights = self.attention(hidden, enc.keys, enc.outputs, enc.pad_mask)
+        return self._features(self._attentional(hidden, context), enc), weights
+
+    def _attend(self, query: Tensor, enc: EncoderOut) -> tuple[Tensor, Tensor]:
+        assert self.attention is not None and enc.keys is not None
+        context, weights = self.attention(query.unsqueeze(1), enc.keys, enc.outputs, enc.pad_mask)
+        return context.squeeze(1), weights.squeeze(1)
+
+    def _attentional(self, hidden: Tensor, context: Tensor | None) -> Tensor:
+        if self.combine is None or context is None:
+            return hidden
+        return torch.tanh(self.combine(torch.cat([context, hidden], dim=-1)))
+
+    def _features(self, attentional: Tensor, enc: EncoderOut) -> Tensor:
+        features = attentional
+        if self.peeky:
+            summary = enc.summary
+            if attentional.dim() == 3:
+                summary = summary.unsqueeze(1).expand(-1, attentional.size(1), -1)
+            features = torch.cat([attentional, summary], dim=-1)
+        return self.dropout(features)

@@ -1,0 +1,1 @@
+"""Training: objective, optimisation, checkpoints, distributed set-up and the training loop."""

@@ -1,0 +1,62 @@
+"""``s2s average``: the mean of several checkpoints' parameters, as a new translation checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from s2s_cli.checkpoint import load_checkpoint, save_checkpoint
+from s2s_cli.errors import CheckpointError, ConfigError
+
+
+def last_checkpoints(save_dir: Path, count: int) -> list[Path]:
+    """The ``count`` most recent periodic checkpoints (``checkpoint_u*.pt``) in ``save_dir``."""
+    periodic = sorted(save_dir.glob("checkpoint_u*.pt"), key=lambda p: int(p.stem.split("_u")[1]))
+    if not periodic:
+        raise CheckpointError(
+            f"{save_dir}: no periodic checkpoints (checkpoint_u*.pt); train with train.save_every=N"
+        )
+    return periodic[-count:]
+
+
+def average_checkpoints(paths: list[Path], output: Path) -> Path:
+    """Average model parameters; config, vocabulary and SentencePiece come from the last input.
+
+    The result has no optimizer state: it is for translating (and further averaging), not resuming.
+    """
+    if not paths:
+        raise ConfigError("no checkpoints to average")
+    total: dict[str, torch.Tensor] | None = None
+    reference = None
+    for path in paths:
+        payload = load_checkpoint(path)
+        state = payload["model"]
+        if reference is None:
+            reference = payload
+            total = {k: v.double().clone() if v.is_floating_point() else v.clone() for k, v in state.items()}
+            continue
+        assert total is not None
+        if state.keys() != total.keys() or payload["config"]["model"] != reference["config"]["model"]:
+            raise CheckpointError(f"{path}: a different architecture from {paths[0]}; cannot average")
+        if not torch.equal(payload["spm"]["tgt"], reference["spm"]["tgt"]):
+            raise CheckpointError(f"{path}: a different vocabulary from {paths[0]}; cannot average")
+        for key, value in state.items():
+            if value.is_floating_point():
+                total[key] += value.double()
+    assert total is not None and reference is not None
+    last = load_checkpoint(paths[-1]) if len(paths) > 1 else reference
+    averaged = {
+        k: (v / len(paths)).to(last["model"][k].dtype) if v.is_floating_point() else v
+        for k, v in total.items()
+    }
+    payload = {
+        key: last[key] for key in ("s2s_version", "config", "vocab", "spm", "best", "progress")
+        if key in last
+    }
+    payload["model"] = averaged
+    payload["averaged_from"] = [str(p) for p in paths]
+    save_checkpoint(
+        {k: v for k, v in payload.items() if k not in ("format", "format_version")}, output
+    )
+    return output

@@ -1,0 +1,72 @@
+"""torch.distributed set-up from the environment ``torchrun`` provides (gloo on CPU, NCCL on CUDA).
+
+One code path serves one process, several GPUs on one machine and several machines: ``torchrun``
+sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous; this module only reads them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_distributed(device_kind: str) -> DistributedContext:
+    """Join the process group torchrun set up; a single process needs none."""
+    if not launched_by_torchrun():
+        return DistributedContext()
+    world_size = int(os.environ["WORLD_SIZE"])
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device_kind == "cuda" else "gloo"
+        if device_kind == "cuda":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    return DistributedContext(rank, world_size, local_rank)
+
+
+def all_reduce_sum(value: float, context: DistributedContext, device: torch.device) -> float:
+    if not context.enabled:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return float(tensor.item())
+
+
+def all_reduce_tensor(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    if context.enabled:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def any_rank(flag: bool, context: DistributedContext, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on any (e.g. a stop request)."""
+    return all_reduce_sum(float(flag), context, device) > 0
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
