@@ -15,14 +15,22 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
     model, cfg = model_from_checkpoint(payload, path)
     m = cfg.model
     architecture = {
-        "cell": m.cell, "embed_dim": m.embed_dim, "hidden_size": m.hidden_size,
+        "cell": m.cell,
+        "embed_dim": m.embed_dim,
+        "hidden_size": m.hidden_size,
         "encoder": f"{m.encoder_layers}x{'bi-' if m.bidirectional else ''}{m.cell} "
-                   f"{m.encoder_output_size}",
+        f"{m.encoder_output_size}",
         "decoder": f"{m.decoder_layers}x{m.cell} {m.hidden_size}",
-        "attention": m.attention if m.attention == "none" else f"{m.attention} ({m.attention_placement})",
-        "input_feeding": m.input_feeding, "peeky": m.peeky, "bridge": m.bridge,
-        "reverse_source": m.reverse_source, "tie_embeddings": m.tie_embeddings,
-        "share_embeddings": m.share_embeddings, "preset": m.preset,
+        "attention": m.attention
+        if m.attention == "none"
+        else f"{m.attention} ({m.attention_placement})",
+        "input_feeding": m.input_feeding,
+        "peeky": m.peeky,
+        "bridge": m.bridge,
+        "reverse_source": m.reverse_source,
+        "tie_embeddings": m.tie_embeddings,
+        "share_embeddings": m.share_embeddings,
+        "preset": m.preset,
     }
     vocab = payload.get("vocab", {})
     return {

@@ -1,7 +1,7 @@
 """Typed configuration: four dataclass sections loaded from YAML plus ``KEY=VALUE`` overrides.
 
-Every default lives here and only here. Values are validated once, at the edge, and every error names
-the dotted key (``model.hidden_size``) and, for unknown keys, suggests the closest real one.
+Every default lives here and only here. Values are validated once, at the edge, and every error
+names the dotted key (``model.hidden_size``) and, for unknown keys, suggests the closest real one.
 """
 
 from __future__ import annotations
@@ -40,26 +40,32 @@ class DataConfig:
     seed: int = 1  # seed for SentencePiece's sentence sampling
 
     def __post_init__(self) -> None:
-        _positive(self, "data", "vocab_size", "max_length", "workers", "chunk_lines", "spm_sample_size")
+        _positive(
+            self, "data", "vocab_size", "max_length", "workers", "chunk_lines", "spm_sample_size"
+        )
         if not 0.0 < self.character_coverage <= 1.0:
-            raise ConfigError(f"data.character_coverage: {self.character_coverage} is not in (0, 1]")
+            raise ConfigError(
+                f"data.character_coverage: {self.character_coverage} is not in (0, 1]"
+            )
         if self.max_length_ratio is not None and self.max_length_ratio < 1.0:
-            raise ConfigError(f"data.max_length_ratio: {self.max_length_ratio} must be >= 1 or null")
+            raise ConfigError(
+                f"data.max_length_ratio: {self.max_length_ratio} must be >= 1 or null"
+            )
 
 
 @dataclass
 class ModelConfig:
-    """The encoder-decoder architecture; ``preset`` names a starting point that other keys override."""
+    """The encoder-decoder architecture; ``preset`` is a starting point other keys override."""
 
     preset: PresetName | None = None  # named architecture (presets/*.yaml); other keys override it
     cell: Literal["lstm", "gru", "rnn"] = "lstm"  # recurrent cell of encoder and decoder
     embed_dim: int = 256  # embedding size (source and target)
     hidden_size: int = 512  # decoder hidden size
-    encoder_hidden_size: int | None = None  # encoder output size (both directions); null = hidden_size
+    encoder_hidden_size: int | None = None  # encoder output (both directions); null: hidden_size
     encoder_layers: int = 1  # stacked encoder RNN layers
     decoder_layers: int = 1  # stacked decoder RNN layers
     bidirectional: bool = True  # bidirectional encoder (each direction gets half the size)
-    attention: Literal["none", "dot", "scaled_dot", "general", "additive"] = "general"
+    attention: Literal["none", "dot", "scaled_dot", "general", "additive"] = "general"  # scoring
     attention_placement: Literal["luong", "bahdanau"] = "luong"  # after (luong) or before the RNN
     input_feeding: bool = False  # feed the previous attentional vector into the next step
     peeky: bool = False  # feed the encoder summary to every decoder step and the output layer
@@ -116,20 +122,20 @@ class TrainConfig:
     max_tokens: int = 4096  # batch budget: sentences x longest side (padded tokens)
     max_sentences: int | None = None  # optional cap on sentences per batch
     lr: float = 1e-3  # peak learning rate
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"  # optimizer
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam/AdamW betas
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # L2 (adam, sgd) or decoupled (adamw) weight decay
     momentum: float = 0.0  # SGD momentum
-    scheduler: Literal["constant", "inverse_sqrt", "plateau", "cosine"] = "constant"
+    scheduler: Literal["constant", "inverse_sqrt", "plateau", "cosine"] = "constant"  # lr schedule
     warmup_updates: int = 0  # linear warm-up from 0 (all schedulers)
     min_lr: float = 0.0  # floor for cosine and plateau
     plateau_factor: float = 0.5  # lr multiplier when the validation metric stalls
     plateau_patience: int = 0  # validations without improvement before the lr drops
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype
-    seed: int = 1
+    seed: int = 1  # seeds initialisation, data order and dropout
     update_freq: int = 1  # accumulate gradients over this many batches per update
     clip_norm: float | None = 5.0  # clip the global gradient norm (null: off)
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1  # share of target probability spread over the vocabulary
     teacher_forcing: float = 1.0  # probability of feeding the gold previous token
     teacher_forcing_final: float | None = None  # ratio reached linearly at teacher_forcing_updates
     teacher_forcing_updates: int | None = None  # length of the teacher-forcing schedule
@@ -145,9 +151,20 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads (null: torch's default)
 
     def __post_init__(self) -> None:
-        _positive(self, "train", "max_tokens", "update_freq", "log_every", "keep_last", "valid_beam")
-        for name in ("max_updates", "max_epochs", "max_sentences", "validate_every", "save_every",
-                     "patience", "threads", "teacher_forcing_updates", "valid_max_sentences"):
+        _positive(
+            self, "train", "max_tokens", "update_freq", "log_every", "keep_last", "valid_beam"
+        )
+        for name in (
+            "max_updates",
+            "max_epochs",
+            "max_sentences",
+            "validate_every",
+            "save_every",
+            "patience",
+            "threads",
+            "teacher_forcing_updates",
+            "valid_max_sentences",
+        ):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"train.{name}: {value} must be > 0 or null")
@@ -171,7 +188,9 @@ class TrainConfig:
                 "train.teacher_forcing_final and train.teacher_forcing_updates go together"
             )
         if self.teacher_forcing_final is not None and not 0 <= self.teacher_forcing_final <= 1:
-            raise ConfigError(f"train.teacher_forcing_final: {self.teacher_forcing_final} not in [0, 1]")
+            raise ConfigError(
+                f"train.teacher_forcing_final: {self.teacher_forcing_final} not in [0, 1]"
+            )
 
 
 @dataclass
@@ -184,7 +203,7 @@ class DecodeConfig:
     lenpen_style: Literal["average", "gnmt"] = "average"  # len^a, or GNMT ((5+len)/6)^a
     coverage_penalty: float = 0.0  # GNMT coverage penalty weight
     max_len_a: float = 2.0  # output at most a * source length + b pieces
-    max_len_b: int = 20
+    max_len_b: int = 20  # see max_len_a
     min_len: int = 1  # no EOS before this many pieces
     no_repeat_ngram: int = 0  # forbid repeating n-grams of this size (0: off)
     batch_size: int = 64  # sentences per batch
@@ -192,10 +211,10 @@ class DecodeConfig:
     buffer_size: int = 1000  # input lines read, sorted and translated together
     max_source_len: int = 250  # longer inputs are truncated (with a warning)
     sampling: bool = False  # sample instead of searching
-    temperature: float = 1.0
+    temperature: float = 1.0  # sampling temperature
     topk: int | None = None  # sample from the k most likely pieces (null: all)
     replace_unk: bool = False  # copy the most-attended source piece for <unk>
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype for decoding
     seed: int = 1  # sampling seed
 
     def __post_init__(self) -> None:
@@ -209,7 +228,9 @@ class DecodeConfig:
             if value is not None and value <= 0:
                 raise ConfigError(f"decode.{name}: {value} must be > 0 or null")
         if self.min_len < 0 or self.no_repeat_ngram < 0 or self.max_len_b < 0:
-            raise ConfigError("decode.min_len, decode.no_repeat_ngram, decode.max_len_b must be >= 0")
+            raise ConfigError(
+                "decode.min_len, decode.no_repeat_ngram, decode.max_len_b must be >= 0"
+            )
 
 
 @dataclass
@@ -378,7 +399,7 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     return cls(**values)
 
 
-def _build_value(value: Any, hint: Any, key: str) -> Any:  # noqa: C901 - one branch per type
+def _build_value(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (Union, types.UnionType):
@@ -387,7 +408,7 @@ def _build_value(value: Any, hint: Any, key: str) -> Any:  # noqa: C901 - one br
         inner = [a for a in args if a is not type(None)]
         if value is None:
             raise ConfigError(f"{key}: null is not allowed")
-        return _build_value(value, inner[0] if len(inner) == 1 else Union[tuple(inner)], key)
+        return _build_value(value, inner[0] if len(inner) == 1 else Union[tuple(inner)], key)  # noqa: UP007
     if value is None:
         raise ConfigError(f"{key}: null is not allowed")
     if origin is Literal:
@@ -447,8 +468,14 @@ def config_reference() -> list[tuple[str, str, str, str]]:
         default = cls()
         for f in dataclasses.fields(cls):
             type_text = _type_text(hints[f.name])
-            rows.append((f"{section}.{f.name}", type_text, repr(getattr(default, f.name)),
-                         comments.get(f.name, "")))
+            rows.append(
+                (
+                    f"{section}.{f.name}",
+                    type_text,
+                    repr(getattr(default, f.name)),
+                    comments.get(f.name, ""),
+                )
+            )
     return rows
 
 

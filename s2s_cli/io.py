@@ -89,7 +89,7 @@ def check_writable_dir(path: Path, what: str = "directory") -> None:
     """Create ``path`` if needed and prove we can write in it (one-line error otherwise)."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".s2s-probe-", delete=True)
-        probe.close()
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".s2s-probe-"):
+            pass
     except OSError as err:
         raise DataError(f"{path}: cannot write to this {what} ({err.strerror or err})") from None

@@ -28,8 +28,10 @@ def parse_metrics(text: str) -> list[str]:
     names = [m.strip().lower() for m in text.split(",") if m.strip()]
     unknown = [m for m in names if m not in METRICS]
     if unknown or not names:
-        raise ConfigError(f"--metrics: unknown metric(s) {', '.join(unknown) or '(none)'}; "
-                          f"choose from {', '.join(METRICS)}")
+        raise ConfigError(
+            f"--metrics: unknown metric(s) {', '.join(unknown) or '(none)'}; "
+            f"choose from {', '.join(METRICS)}"
+        )
     return names
 
 
@@ -48,8 +50,11 @@ def _metric(name: str, tokenize: str | None, lowercase: bool) -> Any:
 
 
 def corpus_scores(
-    hypotheses: Sequence[str], references: Sequence[Sequence[str]],
-    metrics: Sequence[str] = ("bleu", "chrf"), tokenize: str | None = None, lowercase: bool = False,
+    hypotheses: Sequence[str],
+    references: Sequence[Sequence[str]],
+    metrics: Sequence[str] = ("bleu", "chrf"),
+    tokenize: str | None = None,
+    lowercase: bool = False,
 ) -> dict[str, MetricResult]:
     """Corpus-level scores; ``references`` is a list of reference streams, each parallel to the
     hypotheses."""
@@ -57,13 +62,18 @@ def corpus_scores(
     for name in metrics:
         metric = _metric(name, tokenize, lowercase)
         score = metric.corpus_score(list(hypotheses), [list(r) for r in references])
-        results[name] = MetricResult(name, float(score.score), str(metric.get_signature()), str(score))
+        results[name] = MetricResult(
+            name, float(score.score), str(metric.get_signature()), str(score)
+        )
     return results
 
 
 def sentence_scores(
-    hypotheses: Sequence[str], references: Sequence[Sequence[str]], metrics: Sequence[str],
-    tokenize: str | None = None, lowercase: bool = False,
+    hypotheses: Sequence[str],
+    references: Sequence[Sequence[str]],
+    metrics: Sequence[str],
+    tokenize: str | None = None,
+    lowercase: bool = False,
 ) -> list[dict[str, float]]:
     scorers = {name: _metric(name, tokenize, lowercase) for name in metrics}
     rows = []
@@ -73,10 +83,15 @@ def sentence_scores(
     return rows
 
 
-def read_parallel(hypothesis_path: Path | None, reference_paths: Sequence[Path],
-                  stdin_lines: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
+def read_parallel(
+    hypothesis_path: Path | None,
+    reference_paths: Sequence[Path],
+    stdin_lines: list[str] | None = None,
+) -> tuple[list[str], list[list[str]]]:
     """Hypotheses (file or given stdin lines) and references, checked for equal line counts."""
-    hypotheses = list(read_lines(hypothesis_path)) if hypothesis_path is not None else (stdin_lines or [])
+    hypotheses = (
+        list(read_lines(hypothesis_path)) if hypothesis_path is not None else (stdin_lines or [])
+    )
     name = str(hypothesis_path) if hypothesis_path is not None else "<stdin>"
     if not hypotheses:
         raise DataError(f"{name}: no hypotheses (empty input)")

@@ -18,12 +18,18 @@ stderr = Console(stderr=True, highlight=False)
 
 OverridesArg = Annotated[
     list[str] | None,
-    typer.Argument(metavar="[KEY=VALUE]...", help="Config overrides, e.g. train.lr=0.001", show_default=False),
+    typer.Argument(
+        metavar="[KEY=VALUE]...", help="Config overrides, e.g. train.lr=0.001", show_default=False
+    ),
 ]
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", help="YAML config file (sections data/model/train/decode).",
-                 dir_okay=False, show_default=False),
+    typer.Option(
+        "--config",
+        help="YAML config file (sections data/model/train/decode).",
+        dir_okay=False,
+        show_default=False,
+    ),
 ]
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", show_default=True)

@@ -11,10 +11,25 @@ from s2s_cli.cli._common import user_errors
 
 
 def average(
-    checkpoints: Annotated[list[Path] | None, typer.Argument(metavar="[CKPT]...", help="Checkpoints to average.", show_default=False)] = None,
-    output: Annotated[Path, typer.Option("-o", "--output", metavar="FILE", help="The averaged checkpoint.")] = Path("checkpoint_avg.pt"),
-    save_dir: Annotated[Path | None, typer.Option("--save-dir", metavar="DIR", help="Take the last N periodic checkpoints (checkpoint_u*.pt) from DIR.", show_default=False)] = None,
-    last: Annotated[int, typer.Option("--last", metavar="N", help="How many, with --save-dir.")] = 5,
+    checkpoints: Annotated[
+        list[Path] | None,
+        typer.Argument(metavar="[CKPT]...", help="Checkpoints to average.", show_default=False),
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("-o", "--output", metavar="FILE", help="The averaged checkpoint.")
+    ] = Path("checkpoint_avg.pt"),
+    save_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-dir",
+            metavar="DIR",
+            help="Take the last N periodic checkpoints (checkpoint_u*.pt) from DIR.",
+            show_default=False,
+        ),
+    ] = None,
+    last: Annotated[
+        int, typer.Option("--last", metavar="N", help="How many, with --save-dir.")
+    ] = 5,
 ) -> None:
     """Average the parameters of several checkpoints into a new one; prints its path."""
     from s2s_cli.errors import ConfigError

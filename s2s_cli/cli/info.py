@@ -13,7 +13,9 @@ from s2s_cli.cli._common import user_errors
 
 def info(
     path: Annotated[Path, typer.Argument(help="A dataset directory or a checkpoint file.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")
+    ] = False,
 ) -> None:
     """Describe a dataset directory (counts, length percentiles, vocabulary, unknown rate) or a
     checkpoint (architecture, parameter counts per module, training progress)."""
@@ -38,24 +40,33 @@ def _render_dataset(report: dict) -> None:
     from rich.table import Table
 
     vocab = report["vocab_size"]
-    table = Table(title=f"{report['path']}: {report['languages']}, vocabulary "
-                        f"{vocab['src']}/{vocab['tgt']} ({'joint' if report['joint'] else 'separate'})")
+    table = Table(
+        title=f"{report['path']}: {report['languages']}, vocabulary "
+        f"{vocab['src']}/{vocab['tgt']} ({'joint' if report['joint'] else 'separate'})"
+    )
     for column in ("split", "side", "sentences", "tokens", "p50", "p90", "p99", "max", "unk %"):
         table.add_column(column, justify="left" if column in ("split", "side") else "right")
     for name, split in report["splits"].items():
         for side in ("src", "tgt"):
             s = split[side]
             length = s["length"]
-            table.add_row(name, side, str(split["sentences"]), str(s["tokens"]),
-                          *(f"{length.get(k, 0):g}" for k in ("p50", "p90", "p99", "max")),
-                          f"{100 * s['unk_rate']:.3f}")
+            table.add_row(
+                name,
+                side,
+                str(split["sentences"]),
+                str(s["tokens"]),
+                *(f"{length.get(k, 0):g}" for k in ("p50", "p90", "p99", "max")),
+                f"{100 * s['unk_rate']:.3f}",
+            )
     print_to_stdout(table)
 
 
 def _render_checkpoint(report: dict) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{report['path']} (s2s {report['s2s_version']}, format {report['format_version']})")
+    table = Table(
+        title=f"{report['path']} (s2s {report['s2s_version']}, format {report['format_version']})"
+    )
     table.add_column("module")
     table.add_column("parameters", justify="right")
     for name, count in report["parameters"].items():

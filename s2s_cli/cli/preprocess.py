@@ -11,19 +11,68 @@ from s2s_cli.cli._common import ConfigOpt, OverridesArg, stderr, user_errors
 
 
 def preprocess(
-    src_lang: Annotated[str, typer.Option("--src-lang", help="Source language suffix (PREFIX.SRC).")],
-    tgt_lang: Annotated[str, typer.Option("--tgt-lang", help="Target language suffix (PREFIX.TGT).")],
-    train: Annotated[str, typer.Option("--train", metavar="PREFIX", help="Training files PREFIX.SRC/PREFIX.TGT (.gz read too).")],
-    dest: Annotated[Path, typer.Option("--dest", metavar="DIR", help="Dataset directory to create.")],
+    src_lang: Annotated[
+        str, typer.Option("--src-lang", help="Source language suffix (PREFIX.SRC).")
+    ],
+    tgt_lang: Annotated[
+        str, typer.Option("--tgt-lang", help="Target language suffix (PREFIX.TGT).")
+    ],
+    train: Annotated[
+        str,
+        typer.Option(
+            "--train", metavar="PREFIX", help="Training files PREFIX.SRC/PREFIX.TGT (.gz read too)."
+        ),
+    ],
+    dest: Annotated[
+        Path, typer.Option("--dest", metavar="DIR", help="Dataset directory to create.")
+    ],
     overrides: OverridesArg = None,
-    valid: Annotated[str | None, typer.Option("--valid", metavar="PREFIX", help="Validation files.")] = None,
-    test: Annotated[list[str] | None, typer.Option("--test", metavar="PREFIX", help="Test files (repeatable: test, test1, ...).")] = None,
-    vocab_size: Annotated[int | None, typer.Option("--vocab-size", metavar="N", help="SentencePiece vocabulary size [data.vocab_size: 8000].")] = None,
-    spm_type: Annotated[str | None, typer.Option("--spm-type", metavar="bpe|unigram", help="SentencePiece model type [data.spm_type: bpe].")] = None,
-    joint: Annotated[bool | None, typer.Option("--joint/--separate", help="One shared vocabulary, or one per side [data.joint: joint].", show_default=False)] = None,
-    spm_model: Annotated[list[Path] | None, typer.Option("--spm-model", metavar="FILE", help="Reuse SentencePiece model(s): one (joint) or source then target.")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", metavar="N", help="Encoding threads [data.workers: 1].")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing destination.")] = False,
+    valid: Annotated[
+        str | None, typer.Option("--valid", metavar="PREFIX", help="Validation files.")
+    ] = None,
+    test: Annotated[
+        list[str] | None,
+        typer.Option("--test", metavar="PREFIX", help="Test files (repeatable: test, test1, ...)."),
+    ] = None,
+    vocab_size: Annotated[
+        int | None,
+        typer.Option(
+            "--vocab-size",
+            metavar="N",
+            help="SentencePiece vocabulary size [data.vocab_size: 8000].",
+        ),
+    ] = None,
+    spm_type: Annotated[
+        str | None,
+        typer.Option(
+            "--spm-type",
+            metavar="bpe|unigram",
+            help="SentencePiece model type [data.spm_type: bpe].",
+        ),
+    ] = None,
+    joint: Annotated[
+        bool | None,
+        typer.Option(
+            "--joint/--separate",
+            help="One shared vocabulary, or one per side [data.joint: joint].",
+            show_default=False,
+        ),
+    ] = None,
+    spm_model: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--spm-model",
+            metavar="FILE",
+            help="Reuse SentencePiece model(s): one (joint) or source then target.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", metavar="N", help="Encoding threads [data.workers: 1]."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing destination.")
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Turn raw parallel text into a binarized, memory-mapped dataset directory.
@@ -35,16 +84,31 @@ def preprocess(
     from s2s_cli.config import load_config
     from s2s_cli.data.preprocess import preprocess as run_preprocess
 
-    flags = {k: v for k, v in {
-        "vocab_size": vocab_size, "spm_type": spm_type, "joint": joint, "workers": workers,
-        "src_lang": src_lang, "tgt_lang": tgt_lang,
-    }.items() if v is not None}
+    flags = {
+        k: v
+        for k, v in {
+            "vocab_size": vocab_size,
+            "spm_type": spm_type,
+            "joint": joint,
+            "workers": workers,
+            "src_lang": src_lang,
+            "tgt_lang": tgt_lang,
+        }.items()
+        if v is not None
+    }
     with user_errors():
         cfg = load_config(config, overrides, flags={"data": flags})
         with _ProgressBar() as progress:
             out = run_preprocess(
-                src_lang=src_lang, tgt_lang=tgt_lang, train=train, valid=valid, tests=test or [],
-                dest=dest, config=cfg, spm_models=spm_model or [], force=force,
+                src_lang=src_lang,
+                tgt_lang=tgt_lang,
+                train=train,
+                valid=valid,
+                tests=test or [],
+                dest=dest,
+                config=cfg,
+                spm_models=spm_model or [],
+                force=force,
                 progress=progress.update,
             )
         _print_summary(out)
@@ -55,11 +119,21 @@ class _ProgressBar:
     """A rich progress bar on stderr, one task per split."""
 
     def __enter__(self) -> _ProgressBar:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self._progress = Progress(
-            TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=stderr, transient=True,
+            TextColumn("{task.description:>8}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=stderr,
+            transient=True,
         )
         self._tasks: dict[str, int] = {}
         self._progress.__enter__()
@@ -80,13 +154,21 @@ def _print_summary(data_dir: Path) -> None:
     from s2s_cli.data.dataset import read_manifest
 
     manifest = read_manifest(data_dir)
-    table = Table(title=f"{data_dir} ({manifest['src_lang']}-{manifest['tgt_lang']}, "
-                        f"vocab {manifest['vocab_size']['src']}/{manifest['vocab_size']['tgt']})")
+    table = Table(
+        title=f"{data_dir} ({manifest['src_lang']}-{manifest['tgt_lang']}, "
+        f"vocab {manifest['vocab_size']['src']}/{manifest['vocab_size']['tgt']})"
+    )
     for column in ("split", "lines", "sentences", "src tokens", "tgt tokens", "dropped"):
         table.add_column(column, justify="right" if column != "split" else "left")
     for name, split in manifest["splits"].items():
         dropped = split.get("filter", {}).get("dropped")
         dropped_text = ", ".join(f"{k} {v}" for k, v in dropped.items()) if dropped else "-"
-        table.add_row(name, str(split["lines"]), str(split["sentences"]),
-                      str(split["tokens"]["src"]), str(split["tokens"]["tgt"]), dropped_text)
+        table.add_row(
+            name,
+            str(split["lines"]),
+            str(split["sentences"]),
+            str(split["tokens"]["src"]),
+            str(split["tokens"]["tgt"]),
+            dropped_text,
+        )
     stderr.print(table)

@@ -13,15 +13,68 @@ from s2s_cli.cli._common import error, user_errors
 
 
 def score(
-    reference: Annotated[list[Path], typer.Option("-r", "--reference", metavar="REF", help="Reference file; repeat for several references.")],
-    hypothesis: Annotated[Path | None, typer.Option("-i", "--input", metavar="HYP", help="Hypotheses (default: stdin).", show_default=False)] = None,
-    metrics: Annotated[str, typer.Option("--metrics", metavar="LIST", help="Comma-separated: bleu, chrf, ter, bleu_tok_lc (tokenized-lowercased BLEU, as older papers report).")] = "bleu,chrf",
-    output_format: Annotated[str, typer.Option("--format", metavar="text|json", help="Text lines, or one JSON object with score and signature per metric.")] = "text",
-    sentence: Annotated[bool, typer.Option("--sentence", help="Also print per-sentence scores (tab-separated, one line per hypothesis).")] = False,
-    min_bleu: Annotated[float | None, typer.Option("--min-bleu", metavar="X", help="Exit 1 if BLEU < X (a CI gate).", show_default=False)] = None,
-    min_chrf: Annotated[float | None, typer.Option("--min-chrf", metavar="X", help="Exit 1 if chrF < X.", show_default=False)] = None,
-    tokenize: Annotated[str | None, typer.Option("--tokenize", "-tok", metavar="NAME", help="sacrebleu BLEU tokenizer (13a, intl, zh, char, none, ...) [13a].", show_default=False)] = None,
-    lowercase: Annotated[bool, typer.Option("--lowercase", "-lc", help="Case-insensitive scores (sacrebleu -lc).")] = False,
+    reference: Annotated[
+        list[Path],
+        typer.Option(
+            "-r",
+            "--reference",
+            metavar="REF",
+            help="Reference file; repeat for several references.",
+        ),
+    ],
+    hypothesis: Annotated[
+        Path | None,
+        typer.Option(
+            "-i", "--input", metavar="HYP", help="Hypotheses (default: stdin).", show_default=False
+        ),
+    ] = None,
+    metrics: Annotated[
+        str,
+        typer.Option(
+            "--metrics",
+            metavar="LIST",
+            help="Comma-separated: bleu, chrf, ter, bleu_tok_lc "
+            "(tokenized-lowercased BLEU, as older papers report).",
+        ),
+    ] = "bleu,chrf",
+    output_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            metavar="text|json",
+            help="Text lines, or one JSON object with score and signature per metric.",
+        ),
+    ] = "text",
+    sentence: Annotated[
+        bool,
+        typer.Option(
+            "--sentence",
+            help="Also print per-sentence scores (tab-separated, one line per hypothesis).",
+        ),
+    ] = False,
+    min_bleu: Annotated[
+        float | None,
+        typer.Option(
+            "--min-bleu", metavar="X", help="Exit 1 if BLEU < X (a CI gate).", show_default=False
+        ),
+    ] = None,
+    min_chrf: Annotated[
+        float | None,
+        typer.Option("--min-chrf", metavar="X", help="Exit 1 if chrF < X.", show_default=False),
+    ] = None,
+    tokenize: Annotated[
+        str | None,
+        typer.Option(
+            "--tokenize",
+            "-tok",
+            metavar="NAME",
+            help="sacrebleu BLEU tokenizer (13a, intl, zh, char, none, ...) [13a].",
+            show_default=False,
+        ),
+    ] = None,
+    lowercase: Annotated[
+        bool, typer.Option("--lowercase", "-lc", help="Case-insensitive scores (sacrebleu -lc).")
+    ] = False,
 ) -> None:
     """Score hypotheses against references with sacrebleu (signature always printed).
 

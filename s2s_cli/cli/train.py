@@ -15,19 +15,49 @@ from s2s_cli.errors import ConfigError
 def train(
     args: Annotated[
         list[str] | None,
-        typer.Argument(metavar="[CONFIG.yaml] [KEY=VALUE]...",
-                       help="Optional YAML config, then overrides such as train.lr=0.001 model.preset=luong.",
-                       show_default=False),
+        typer.Argument(
+            metavar="[CONFIG.yaml] [KEY=VALUE]...",
+            help="Optional YAML config, then overrides such as train.lr=0.001 model.preset=luong.",
+            show_default=False,
+        ),
     ] = None,
-    data: Annotated[Path | None, typer.Option("--data", metavar="DIR", help="Dataset directory from `s2s preprocess` (default: one path read on stdin).", show_default=False)] = None,
-    save_dir: Annotated[Path, typer.Option("--save-dir", metavar="DIR", help="Where checkpoints, config.yaml, train.log and metrics.jsonl go.")] = Path("checkpoints"),
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --save-dir (an error if there is none). Re-running the same command there resumes too.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and parameter counts, then exit.")] = False,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            metavar="DIR",
+            help="Dataset directory from `s2s preprocess` (default: one path read on stdin).",
+            show_default=False,
+        ),
+    ] = None,
+    save_dir: Annotated[
+        Path,
+        typer.Option(
+            "--save-dir",
+            metavar="DIR",
+            help="Where checkpoints, config.yaml, train.log and metrics.jsonl go.",
+        ),
+    ] = Path("checkpoints"),
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the run in --save-dir (an error if there is none). "
+            "Re-running the same command there resumes too.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Print the resolved config and parameter counts, then exit."
+        ),
+    ] = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """Train an RNN encoder-decoder; prints the best checkpoint's path on stdout.
 
-    Multi-GPU / multi-node: [bold]torchrun --nproc-per-node N -m s2s_cli train ...[/] (see docs/distributed.md).
+    Multi-GPU / multi-node: [bold]torchrun --nproc-per-node N -m s2s_cli train ...[/]
+    (see docs/distributed.md).
     """
     from s2s_cli.config import load_config
 
@@ -61,7 +91,9 @@ def _split_args(args: list[str]) -> tuple[Path | None, list[str]]:
 def _data_dir_from_stdin(required: bool) -> Path | None:
     if sys.stdin is None or sys.stdin.isatty():
         if required:
-            raise ConfigError("no dataset: give --data DIR or pipe one in (s2s preprocess ... | s2s train)")
+            raise ConfigError(
+                "no dataset: give --data DIR or pipe one in (s2s preprocess ... | s2s train)"
+            )
         return None
     line = sys.stdin.readline().strip()
     if not line:
@@ -117,6 +149,13 @@ def _run(cfg, data_dir: Path, save_dir: Path, device: str, resume: bool) -> Path
     else:
         setup_logging()
         logging.getLogger("s2s_cli").setLevel(logging.WARNING)
-    best = run_training(cfg, data_dir, save_dir, device=device, resume=resume,
-                        progress=main_rank and stderr.is_terminal, console=stderr)
+    best = run_training(
+        cfg,
+        data_dir,
+        save_dir,
+        device=device,
+        resume=resume,
+        progress=main_rank and stderr.is_terminal,
+        console=stderr,
+    )
     return best if main_rank else None

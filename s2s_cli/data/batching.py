@@ -40,7 +40,9 @@ def make_batches(
     return batches
 
 
-def _cut(order: np.ndarray, longest: np.ndarray, max_tokens: int, max_sentences: int) -> list[np.ndarray]:
+def _cut(
+    order: np.ndarray, longest: np.ndarray, max_tokens: int, max_sentences: int
+) -> list[np.ndarray]:
     batches = []
     start = 0
     widest = 0
@@ -68,7 +70,7 @@ class Shard:
         return self.world_size * self.update_freq
 
     def updates_in(self, batches: list[np.ndarray]) -> int:
-        """Whole updates an epoch of ``batches`` gives (the tail that cannot fill one is dropped)."""
+        """Whole updates in an epoch of ``batches`` (a tail too short for one is dropped)."""
         return len(batches) // self.batches_per_update
 
     def micro_batches(self, batches: list[np.ndarray], update: int) -> list[np.ndarray]:

@@ -32,8 +32,9 @@ class IndexedWriter:
 
     def __init__(self, prefix: Path, dtype: np.dtype) -> None:
         self.dtype = np.dtype(dtype)
-        self._bin = open(f"{prefix}.bin", "wb")
-        self._idx = open(f"{prefix}.idx", "wb")
+        # Both stay open while sentences stream in; close() (or the with block) closes them.
+        self._bin = open(f"{prefix}.bin", "wb")  # noqa: SIM115
+        self._idx = open(f"{prefix}.idx", "wb")  # noqa: SIM115
         self._idx.write(HEADER.pack(MAGIC, VERSION, DTYPE_CODES[self.dtype]))
         self._idx.write(np.zeros(1, dtype=np.int64).tobytes())
         self._offset = 0

@@ -42,7 +42,12 @@ def _side_stats(sizes: np.ndarray, tokens: np.ndarray) -> dict[str, Any]:
     lengths["max"] = int(sizes.max())
     lengths["mean"] = round(float(sizes.mean()), 2)
     # Count unknowns in slices so a large split is never copied into memory at once.
-    unk = sum(int(np.count_nonzero(tokens[i : i + (1 << 22)] == UNK))
-              for i in range(0, tokens.size, 1 << 22))
-    return {"tokens": int(tokens.size), "length": lengths,
-            "unk_rate": round(unk / max(tokens.size, 1), 6)}
+    unk = sum(
+        int(np.count_nonzero(tokens[i : i + (1 << 22)] == UNK))
+        for i in range(0, tokens.size, 1 << 22)
+    )
+    return {
+        "tokens": int(tokens.size),
+        "length": lengths,
+        "unk_rate": round(unk / max(tokens.size, 1), 6),
+    }

@@ -69,7 +69,10 @@ def collate(split: ParallelSplit, indices: np.ndarray) -> Batch:
         tgt_out[row, :n] = target
         tgt_out[row, n] = EOS
     return Batch(
-        src, src_lengths, torch.from_numpy(tgt_in), torch.from_numpy(tgt_out),
+        src,
+        src_lengths,
+        torch.from_numpy(tgt_in),
+        torch.from_numpy(tgt_out),
         torch.from_numpy(np.asarray(indices, dtype=np.int64)),
     )
 
@@ -105,4 +108,3 @@ def prefetch(items: Iterator[T], depth: int = 4) -> Iterator[T]:
 
 class _Failure(NamedTuple):
     error: BaseException
-

@@ -112,7 +112,10 @@ def _umask() -> int:
 
 
 def _split_inputs(
-    src_lang: str, tgt_lang: str, train: str | Path, valid: str | Path | None,
+    src_lang: str,
+    tgt_lang: str,
+    train: str | Path,
+    valid: str | Path | None,
     tests: Sequence[str | Path],
 ) -> list[SplitInput]:
     named = [("train", train, True)]
@@ -150,8 +153,13 @@ def _move_into_place(tmp: Path, dest: Path) -> None:
 
 
 def _build(
-    tmp: Path, splits: list[SplitInput], src_lang: str, tgt_lang: str, cfg: DataConfig,
-    spm_models: Sequence[str | Path], progress: ProgressFn,
+    tmp: Path,
+    splits: list[SplitInput],
+    src_lang: str,
+    tgt_lang: str,
+    cfg: DataConfig,
+    spm_models: Sequence[str | Path],
+    progress: ProgressFn,
 ) -> dict[str, Any]:
     train = splits[0]
     scan = _scan_training_pairs(train, cfg, need_sample=not spm_models)
@@ -252,9 +260,10 @@ def _hashing(stream: Iterable[bytes], hasher: Any) -> Iterator[bytes]:
         yield raw
 
 
-def _lockstep(src: Iterator[str], tgt: Iterator[str], split: SplitInput) -> Iterator[tuple[str, str]]:
-    count = 0
-    for s, t in itertools.zip_longest(src, tgt):
+def _lockstep(
+    src: Iterator[str], tgt: Iterator[str], split: SplitInput
+) -> Iterator[tuple[str, str]]:
+    for count, (s, t) in enumerate(itertools.zip_longest(src, tgt)):
         if s is None or t is None:
             src_count = count + (s is not None) + sum(1 for _ in src)
             tgt_count = count + (t is not None) + sum(1 for _ in tgt)
@@ -262,7 +271,6 @@ def _lockstep(src: Iterator[str], tgt: Iterator[str], split: SplitInput) -> Iter
                 f"{split.src} has {src_count} lines but {split.tgt} has {tgt_count}; "
                 "parallel files must have equal line counts"
             )
-        count += 1
         yield s, t
 
 
@@ -271,8 +279,13 @@ def _lockstep(src: Iterator[str], tgt: Iterator[str], split: SplitInput) -> Iter
 
 
 def _sentencepiece_models(
-    tmp: Path, scan: TrainingScan, train: SplitInput, src_lang: str, tgt_lang: str,
-    cfg: DataConfig, spm_models: Sequence[str | Path],
+    tmp: Path,
+    scan: TrainingScan,
+    train: SplitInput,
+    src_lang: str,
+    tgt_lang: str,
+    cfg: DataConfig,
+    spm_models: Sequence[str | Path],
 ) -> dict[str, str]:
     """Train or copy the SentencePiece model(s) into ``tmp``; returns side -> file name."""
     if spm_models:
@@ -314,26 +327,36 @@ def _reuse_models(tmp: Path, paths: list[Path], cfg: DataConfig) -> dict[str, st
 
 
 def _encode_split(
-    tmp: Path, split: SplitInput, src_lang: str, tgt_lang: str, processors: dict[str, Any],
-    dtype: Any, cfg: DataConfig, total: int | None, progress: ProgressFn,
+    tmp: Path,
+    split: SplitInput,
+    src_lang: str,
+    tgt_lang: str,
+    processors: dict[str, Any],
+    dtype: Any,
+    cfg: DataConfig,
+    total: int | None,
+    progress: ProgressFn,
 ) -> SplitResult:
     result = SplitResult(filter=FilterStats() if split.filtered else None)
     hashes = {"src": hashlib.sha256(), "tgt": hashlib.sha256()}
-    raw_copies = None
-    if not split.filtered:
-        raw_copies = (
-            open(tmp / f"{split.name}.raw.{src_lang}", "w", encoding="utf-8"),
-            open(tmp / f"{split.name}.raw.{tgt_lang}", "w", encoding="utf-8"),
-        )
-    with (
-        IndexedWriter(tmp / f"{split.name}.{src_lang}", dtype) as src_out,
-        IndexedWriter(tmp / f"{split.name}.{tgt_lang}", dtype) as tgt_out,
-        _paired_lines(split, None if split.filtered else hashes) as pairs,
-    ):
+    with contextlib.ExitStack() as stack:
+        src_out = stack.enter_context(IndexedWriter(tmp / f"{split.name}.{src_lang}", dtype))
+        tgt_out = stack.enter_context(IndexedWriter(tmp / f"{split.name}.{tgt_lang}", dtype))
+        pairs = stack.enter_context(_paired_lines(split, None if split.filtered else hashes))
+        raw_copies = None
+        if not split.filtered:  # evaluation sets keep their raw text, for BLEU against it
+            raw_copies = [
+                stack.enter_context(open(tmp / f"{split.name}.raw.{lang}", "w", encoding="utf-8"))
+                for lang in (src_lang, tgt_lang)
+            ]
         for chunk in _chunks(pairs, cfg.chunk_lines):
             src_lines, tgt_lines = zip(*chunk, strict=True)
-            src_ids = processors["src"].encode(list(src_lines), out_type=int, num_threads=cfg.workers)
-            tgt_ids = processors["tgt"].encode(list(tgt_lines), out_type=int, num_threads=cfg.workers)
+            src_ids = processors["src"].encode(
+                list(src_lines), out_type=int, num_threads=cfg.workers
+            )
+            tgt_ids = processors["tgt"].encode(
+                list(tgt_lines), out_type=int, num_threads=cfg.workers
+            )
             if result.filter is not None:
                 src_ids, tgt_ids = _filter(src_ids, tgt_ids, cfg, result.filter)
             if raw_copies is not None:
@@ -345,9 +368,7 @@ def _encode_split(
             progress(split.name, result.lines, total)
         result.sentences = src_out.sentences
         result.src_tokens, result.tgt_tokens = src_out.tokens, tgt_out.tokens
-    if raw_copies is not None:
-        for f in raw_copies:
-            f.close()
+    if not split.filtered:
         result.sha256 = {k: h.hexdigest() for k, h in hashes.items()}
     if split.filtered and result.sentences == 0:
         raise DataError(f"{split.src}: no training pairs left after filtering ({result.filter})")

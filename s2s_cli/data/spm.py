@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import re
 import tempfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import sentencepiece as spm
@@ -68,14 +71,15 @@ def train_model(
         raise DataError(f"{origin}: empty corpus (no non-empty lines to learn a vocabulary from)")
     spm.set_random_generator_seed(seed)
     model = io.BytesIO()
-    with tempfile.TemporaryDirectory(prefix="s2s-spm-") as tmp:
-        tsv = Path(tmp) / "sample.tsv"
-        with open(tsv, "w", encoding="utf-8") as f:
+    with tempfile.TemporaryDirectory(prefix="s2s-spm-") as tmp, _working_directory(Path(tmp)):
+        # A relative input path: SentencePiece stores it in the model, which must not depend on
+        # where the temporary directory happened to be (byte-identical outputs).
+        with open("sample.tsv", "w", encoding="utf-8") as f:
             for sentence, count in sample.counts.items():
                 f.write(f"{sentence.replace(chr(9), ' ')}\t{count}\n")
         try:
             spm.SentencePieceTrainer.train(
-                input=str(tsv),
+                input="sample.tsv",
                 input_format="tsv",
                 model_writer=model,
                 vocab_size=vocab_size,
@@ -86,7 +90,7 @@ def train_model(
                 bos_id=BOS,
                 eos_id=EOS,
                 num_threads=threads,
-                input_sentence_size=len(sample.counts) + 1,
+                input_sentence_size=0,  # the sample is already bounded (SentenceSample)
                 max_sentence_length=1 << 16,
                 minloglevel=2,
             )
@@ -104,7 +108,18 @@ def _explain(message: str, vocab_size: int) -> str:
         )
     if "Vocabulary size is smaller than required_chars" in message:
         return f"vocabulary size {vocab_size} is smaller than the corpus's character set"
-    return "SentencePiece training failed: " + message.splitlines()[-1].split("] ")[-1]
+    detail = message.strip().splitlines()[-1] if message.strip() else "unknown error"
+    return f"SentencePiece training failed ({detail})"
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def load_processor(model: bytes, origin: str) -> spm.SentencePieceProcessor:
@@ -131,4 +146,6 @@ def read_model_file(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as err:
-        raise DataError(f"{path}: cannot read SentencePiece model ({err.strerror or err})") from None
+        raise DataError(
+            f"{path}: cannot read SentencePiece model ({err.strerror or err})"
+        ) from None

@@ -5,7 +5,9 @@ from __future__ import annotations
 from torch import Tensor
 
 
-def hard_alignment(attention: Tensor, source_pieces: int, target_pieces: int) -> list[tuple[int, int]]:
+def hard_alignment(
+    attention: Tensor, source_pieces: int, target_pieces: int
+) -> list[tuple[int, int]]:
     """``(source, target)`` index pairs: each target piece's most-attended source piece.
 
     ``attention`` is ``(target_pieces + 1) x (source_pieces + 1)`` including the EOS row and

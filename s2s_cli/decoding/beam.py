@@ -42,12 +42,22 @@ class _Beams:
     max_len: Tensor  # rows
     src_len: Tensor  # rows (source pieces incl. EOS)
 
-    def select(self, rows: Tensor, keep: Tensor, scores: Tensor, tokens: Tensor,
-               piece_scores: Tensor, step_attention: Tensor | None) -> _Beams:
+    def select(
+        self,
+        rows: Tensor,
+        keep: Tensor,
+        scores: Tensor,
+        tokens: Tensor,
+        piece_scores: Tensor,
+        step_attention: Tensor | None,
+    ) -> _Beams:
         attention = None
         if self.attention is not None and step_attention is not None:
             attention = torch.cat(
-                [self.attention.index_select(0, rows), step_attention.index_select(0, rows).unsqueeze(1)],
+                [
+                    self.attention.index_select(0, rows),
+                    step_attention.index_select(0, rows).unsqueeze(1),
+                ],
                 dim=1,
             )
         return _Beams(
@@ -62,7 +72,11 @@ class _Beams:
 
 
 def beam_search(
-    scorer: Scorer, src: Tensor, src_lengths: Tensor, cfg: DecodeConfig, keep_attention: bool = False
+    scorer: Scorer,
+    src: Tensor,
+    src_lengths: Tensor,
+    cfg: DecodeConfig,
+    keep_attention: bool = False,
 ) -> list[list[Hypothesis]]:
     """Search for each of the ``B`` sentences in ``src`` (B x S, EOS-terminated, right-padded).
 
@@ -83,7 +97,9 @@ def beam_search(
         tokens=torch.full((batch * beam, 1), BOS, dtype=torch.long, device=device),
         scores=scores,
         piece_scores=torch.zeros(batch * beam, 0, device=device),
-        attention=torch.zeros(batch * beam, 0, src.size(1), device=device) if keep_attention else None,
+        attention=torch.zeros(batch * beam, 0, src.size(1), device=device)
+        if keep_attention
+        else None,
         max_len=max_lengths(src_lengths - 1, cfg.max_len_a, cfg.max_len_b).index_select(0, rows),
         src_len=src_lengths.index_select(0, rows),
     )
@@ -102,7 +118,9 @@ def beam_search(
         rows = next_rows.index_select(0, keep).view(-1)
         piece_scores = lprobs[next_rows.view(-1), next_tokens.view(-1)].view_as(next_scores)
         beams = beams.select(
-            rows, keep, next_scores.index_select(0, keep),
+            rows,
+            keep,
+            next_scores.index_select(0, keep),
             next_tokens.index_select(0, keep).view(-1),
             piece_scores.index_select(0, keep).view(-1),
             step_attention,
@@ -122,8 +140,14 @@ def _top_candidates(scores: Tensor, lprobs: Tensor, beam: int) -> tuple[Tensor, 
 
 
 def _finalize(
-    finished: list[list[Hypothesis]], beams: _Beams, top_scores: Tensor, top_rows: Tensor,
-    top_tokens: Tensor, lprobs: Tensor, step_attention: Tensor | None, cfg: DecodeConfig,
+    finished: list[list[Hypothesis]],
+    beams: _Beams,
+    top_scores: Tensor,
+    top_rows: Tensor,
+    top_tokens: Tensor,
+    lprobs: Tensor,
+    step_attention: Tensor | None,
+    cfg: DecodeConfig,
 ) -> None:
     """Move EOS extensions ranked within the top ``beam`` to their sentence's finished list."""
     beam = cfg.beam
@@ -136,13 +160,17 @@ def _finalize(
             continue
         row = int(top_rows[i, j])
         tokens = beams.tokens[row, 1:].tolist()
-        pieces = beams.piece_scores[row].tolist() + [float(lprobs[row, EOS])]
+        pieces = [*beams.piece_scores[row].tolist(), float(lprobs[row, EOS])]
         attention = None
         if beams.attention is not None and step_attention is not None:
             src_len = int(beams.src_len[row])
-            attention = torch.cat(
-                [beams.attention[row], step_attention[row].unsqueeze(0)], dim=0
-            )[:, :src_len].float().cpu()
+            attention = (
+                torch.cat([beams.attention[row], step_attention[row].unsqueeze(0)], dim=0)[
+                    :, :src_len
+                ]
+                .float()
+                .cpu()
+            )
         score = float(top_scores[i, j]) / length_penalty(len(pieces), cfg.lenpen, cfg.lenpen_style)
         if attention is not None:
             score += coverage_penalty(attention, cfg.coverage_penalty)
@@ -169,12 +197,13 @@ def _next_beams(
 def _sentence_done(
     finished: list[list[Hypothesis]], beams: _Beams, next_scores: Tensor, step: int, beam: int
 ) -> Tensor:
-    """Per active sentence: it has ``beam`` hypotheses, hit its length limit, or has no live beam."""
+    """Per active sentence: ``beam`` hypotheses found, length limit hit, or no live beam left."""
     limit_reached = beams.max_len.view(-1, beam)[:, 0] <= step
     no_live = ~torch.isfinite(next_scores).any(dim=1)
     counts = torch.tensor(
         [len(finished[int(s)]) >= beam for s in beams.sentences.tolist()],
-        dtype=torch.bool, device=next_scores.device,
+        dtype=torch.bool,
+        device=next_scores.device,
     )
     return counts | limit_reached | no_live
 

@@ -20,9 +20,7 @@ def max_lengths(src_lengths: Tensor, a: float, b: int) -> Tensor:
     return (a * src_lengths.float() + b).floor().long().clamp(min=1)
 
 
-def constrain_step(
-    lprobs: Tensor, step: int, max_len: Tensor, min_len: int
-) -> Tensor:
+def constrain_step(lprobs: Tensor, step: int, max_len: Tensor, min_len: int) -> Tensor:
     """Forbid PAD/BOS always, EOS before ``min_len`` pieces, anything but EOS at ``max_len``.
 
     ``lprobs`` is ``rows x V`` for the piece at position ``step`` (0-based); ``max_len`` is per row.

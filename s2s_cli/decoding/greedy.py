@@ -23,7 +23,11 @@ ChooseFn = Callable[[Tensor], Tensor]  # rows x V log-probs -> rows chosen piece
 
 
 def greedy_search(
-    scorer: Scorer, src: Tensor, src_lengths: Tensor, cfg: DecodeConfig, keep_attention: bool = False
+    scorer: Scorer,
+    src: Tensor,
+    src_lengths: Tensor,
+    cfg: DecodeConfig,
+    keep_attention: bool = False,
 ) -> list[list[Hypothesis]]:
     """The most likely next piece at every step; one hypothesis per sentence."""
     return single_path_search(scorer, src, src_lengths, cfg, _argmax, keep_attention)
@@ -34,7 +38,11 @@ def _argmax(lprobs: Tensor) -> Tensor:
 
 
 def single_path_search(
-    scorer: Scorer, src: Tensor, src_lengths: Tensor, cfg: DecodeConfig, choose: ChooseFn,
+    scorer: Scorer,
+    src: Tensor,
+    src_lengths: Tensor,
+    cfg: DecodeConfig,
+    choose: ChooseFn,
     keep_attention: bool = False,
 ) -> list[list[Hypothesis]]:
     """Extend one hypothesis per row with ``choose`` until EOS; finished rows leave the batch."""
@@ -64,7 +72,9 @@ def single_path_search(
         ended = (chosen == EOS) | (max_len <= step) | ~torch.isfinite(piece_scores[:, -1])
         for i in ended.nonzero(as_tuple=True)[0].tolist():
             hyp_attention = None if attention is None else attention[i, :, : int(src_len[i])].cpu()
-            results[int(rows[i])] = [_hypothesis(tokens[i, 1:], piece_scores[i], hyp_attention, cfg)]
+            results[int(rows[i])] = [
+                _hypothesis(tokens[i, 1:], piece_scores[i], hyp_attention, cfg)
+            ]
         if bool(ended.any()):
             keep = (~ended).nonzero(as_tuple=True)[0]
             rows, tokens, piece_scores = rows[keep], tokens[keep], piece_scores[keep]

@@ -39,11 +39,12 @@ def attention_svg(attention: Tensor, source: list[str], target: list[str], title
             f"{html.escape(piece)}</text>"
         )
         for j, weight in enumerate(weights[i]):
-            shade = int(round(255 * (1.0 - max(0.0, min(1.0, weight)))))
+            shade = round(255 * (1.0 - max(0.0, min(1.0, weight))))
             parts.append(
                 f'<rect x="{label_width + j * CELL}" y="{y}" width="{CELL}" height="{CELL}" '
                 f'fill="rgb({shade},{shade},{shade})" stroke="#ddd">'
-                f"<title>{html.escape(target[i])} / {html.escape(source[j])}: {weight:.3f}</title></rect>"
+                f"<title>{html.escape(target[i])} / {html.escape(source[j])}: {weight:.3f}"
+                "</title></rect>"
             )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"

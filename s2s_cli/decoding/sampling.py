@@ -12,8 +12,12 @@ from s2s_cli.decoding.scorer import Scorer
 
 
 def sample(
-    scorer: Scorer, src: Tensor, src_lengths: Tensor, cfg: DecodeConfig,
-    generator: torch.Generator | None = None, keep_attention: bool = False,
+    scorer: Scorer,
+    src: Tensor,
+    src_lengths: Tensor,
+    cfg: DecodeConfig,
+    generator: torch.Generator | None = None,
+    keep_attention: bool = False,
 ) -> list[list[Hypothesis]]:
     """``cfg.nbest`` independent samples per sentence, sorted by score.
 
@@ -24,7 +28,11 @@ def sample(
     index = torch.arange(src.size(0), device=src.device).repeat_interleave(copies)
     choose = _sampler(cfg.temperature, cfg.topk, generator)
     flat = single_path_search(
-        scorer, src.index_select(0, index), src_lengths.index_select(0, index), cfg, choose,
+        scorer,
+        src.index_select(0, index),
+        src_lengths.index_select(0, index),
+        cfg,
+        choose,
         keep_attention,
     )
     grouped = [flat[i * copies : (i + 1) * copies] for i in range(src.size(0))]

@@ -58,5 +58,7 @@ class Ensemble:
             attention = torch.stack([a.float() for a in attentions]).mean(0)
         return averaged, new_states, attention
 
-    def select(self, encs: list[Any], states: list[Any], index: Tensor) -> tuple[list[Any], list[Any]]:
+    def select(
+        self, encs: list[Any], states: list[Any], index: Tensor
+    ) -> tuple[list[Any], list[Any]]:
         return [e.select(index) for e in encs], [s.select(index) for s in states]

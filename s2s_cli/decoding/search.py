@@ -15,8 +15,15 @@ from s2s_cli.decoding.greedy import greedy_search
 from s2s_cli.decoding.hypothesis import Hypothesis
 from s2s_cli.decoding.sampling import sample
 from s2s_cli.decoding.scorer import Scorer
+from s2s_cli.errors import ConfigError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(device: torch.device, precision: str, key: str) -> None:
+    """fp16 needs CUDA: CPU autocast has no fp16 LSTM kernel (bf16 is the CPU choice)."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"{key}: fp16 needs a CUDA device; on {device.type} use bf16")
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -27,8 +34,12 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def search_batch(
-    scorer: Scorer, src: torch.Tensor, lengths: torch.Tensor, cfg: DecodeConfig,
-    keep_attention: bool = False, generator: torch.Generator | None = None,
+    scorer: Scorer,
+    src: torch.Tensor,
+    lengths: torch.Tensor,
+    cfg: DecodeConfig,
+    keep_attention: bool = False,
+    generator: torch.Generator | None = None,
 ) -> list[list[Hypothesis]]:
     """One padded batch through the configured strategy: sampling, greedy (beam 1) or beam."""
     if cfg.sampling:
@@ -47,7 +58,9 @@ def length_sorted_batches(
     widest = 0
     for position in order.tolist():
         width = max(widest, lengths[position] + 1)
-        if batch and (len(batch) >= batch_size or (max_tokens and width * (len(batch) + 1) > max_tokens)):
+        if batch and (
+            len(batch) >= batch_size or (max_tokens and width * (len(batch) + 1) > max_tokens)
+        ):
             yield batch
             batch, width = [], lengths[position] + 1
         batch.append(position)
@@ -58,10 +71,15 @@ def length_sorted_batches(
 
 @torch.inference_mode()
 def search_all(
-    scorer: Scorer, sentences: Sequence[Sequence[int] | np.ndarray], cfg: DecodeConfig,
-    device: torch.device, keep_attention: bool = False, generator: torch.Generator | None = None,
+    scorer: Scorer,
+    sentences: Sequence[Sequence[int] | np.ndarray],
+    cfg: DecodeConfig,
+    device: torch.device,
+    keep_attention: bool = False,
+    generator: torch.Generator | None = None,
 ) -> list[list[Hypothesis]]:
     """Hypotheses for every sentence (piece ids, no EOS), in input order."""
+    check_precision(device, cfg.precision, "decode.precision")
     results: list[list[Hypothesis]] = [[] for _ in sentences]
     lengths = [len(s) for s in sentences]
     for positions in length_sorted_batches(lengths, cfg.batch_size, cfg.max_tokens):

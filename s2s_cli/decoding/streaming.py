@@ -45,7 +45,9 @@ class StreamOptions:
 def translate_stream(options: StreamOptions, console: Any = None) -> int:
     """Translate ``options.input_file`` (or stdin) to the output; returns the number of lines."""
     if options.output_format not in FORMATS:
-        raise ConfigError(f"--format: '{options.output_format}' is not one of: {', '.join(FORMATS)}")
+        raise ConfigError(
+            f"--format: '{options.output_format}' is not one of: {', '.join(FORMATS)}"
+        )
     if options.output_file is not None:
         check_writable_dir(options.output_file.parent, "output directory")
     if options.attention_plot is not None:
@@ -53,10 +55,15 @@ def translate_stream(options: StreamOptions, console: Any = None) -> int:
     translator = Translator.from_checkpoint(options.checkpoints, device=options.device)
     cfg = _decode_config(translator.config.decode, options)
     keep_attention = options.print_alignment or options.attention_plot is not None
-    generator = torch.Generator(device=translator.device).manual_seed(cfg.seed) if cfg.sampling else None
+    generator = (
+        torch.Generator(device=translator.device).manual_seed(cfg.seed) if cfg.sampling else None
+    )
     count = 0
-    with _input_lines(options.input_file) as lines, _output(options.output_file) as out, \
-            _progress(options.progress, console) as advance:
+    with (
+        _input_lines(options.input_file) as lines,
+        _output(options.output_file) as out,
+        _progress(options.progress, console) as advance,
+    ):
         for buffer in _buffers(lines, cfg.buffer_size):
             results = translator.translate_hypotheses(
                 buffer, keep_attention=keep_attention, generator=generator, **asdict(cfg)
@@ -104,8 +111,13 @@ def _progress(enabled: bool, console: Any) -> Iterator[Any]:
         return
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    with Progress(SpinnerColumn(), TextColumn("{task.completed} lines"), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.completed} lines"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("translate", total=None)
         yield lambda n: progress.advance(task, n)
 
@@ -144,6 +156,5 @@ def _plot(directory: Path, index: int, result: Translation) -> None:
     if best.attention is None:
         return
     write_attention_plot(
-        directory, index, best.attention, result.source_pieces + ["</s>"], best.pieces + ["</s>"]
+        directory, index, best.attention, [*result.source_pieces, "</s>"], [*best.pieces, "</s>"]
     )
-

@@ -65,7 +65,11 @@ class Translator:
     """Translate raw sentences with one model or an ensemble."""
 
     def __init__(
-        self, models: list[torch.nn.Module], config: ExperimentConfig, src_spm: Any, tgt_spm: Any,
+        self,
+        models: list[torch.nn.Module],
+        config: ExperimentConfig,
+        src_spm: Any,
+        tgt_spm: Any,
         device: torch.device,
     ) -> None:
         self.models = models
@@ -90,7 +94,8 @@ class Translator:
             spm = (tensor_to_spm(payload["spm"]["src"]), tensor_to_spm(payload["spm"]["tgt"]))
             if spm_models is not None and spm != spm_models:
                 raise CheckpointError(
-                    f"{path}: its vocabulary differs from {paths[0]}'s; ensemble members must share "
+                    f"{path}: its vocabulary differs from {paths[0]}'s; "
+                    "ensemble members must share "
                     "their SentencePiece models"
                 )
             spm_models = spm_models or spm
@@ -115,8 +120,11 @@ class Translator:
         return [t.text for t in self.translate_hypotheses(lines, **overrides)]
 
     def translate_hypotheses(
-        self, lines: Sequence[str], keep_attention: bool = False,
-        generator: torch.Generator | None = None, **overrides: Any,
+        self,
+        lines: Sequence[str],
+        keep_attention: bool = False,
+        generator: torch.Generator | None = None,
+        **overrides: Any,
     ) -> list[Translation]:
         """N-best hypotheses with scores (and attention/alignments when ``keep_attention``)."""
         cfg = self.decode_config(**overrides)
@@ -154,6 +162,11 @@ class Translator:
         else:
             text = self.tgt_spm.decode(hyp.tokens)
         return TranslatedHypothesis(
-            text, pieces, hyp.tokens, hyp.score, hyp.positional_scores,
-            hyp.attention if keep_attention else None, alignment if keep_attention else None,
+            text,
+            pieces,
+            hyp.tokens,
+            hyp.score,
+            hyp.positional_scores,
+            hyp.attention if keep_attention else None,
+            alignment if keep_attention else None,
         )

@@ -5,7 +5,7 @@ For a decoder query :math:`q` (size ``Hd``) and encoder outputs :math:`\bar h_s`
 * ``dot``:        :math:`score = q^\top \bar h_s`                 (needs ``Hd == He``)
 * ``scaled_dot``: :math:`score = q^\top \bar h_s / \sqrt{Hd}`
 * ``general``:    :math:`score = q^\top W_a \bar h_s`             (``W_a \bar h_s`` computed once)
-* ``additive``:   :math:`score = v^\top \tanh(W_k \bar h_s + W_q q)` (``W_k \bar h_s`` computed once)
+* ``additive``:   :math:`score = v^\top \tanh(W_k \bar h_s + W_q q)` (keys computed once)
 
 Weights are a softmax over source positions, computed in float32, with padded positions set to
 exactly zero; the context is the weighted sum of the encoder outputs.

@@ -25,15 +25,30 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> S
     else:
         tgt_embedding = _embedding(tgt_vocab_size, cfg.embed_dim)
     encoder = Encoder(
-        src_embedding, cfg.cell, cfg.encoder_output_size, cfg.encoder_layers, cfg.bidirectional,
-        cfg.dropout, cfg.reverse_source,
+        src_embedding,
+        cfg.cell,
+        cfg.encoder_output_size,
+        cfg.encoder_layers,
+        cfg.bidirectional,
+        cfg.dropout,
+        cfg.reverse_source,
     )
     decoder = Decoder(
-        tgt_embedding, cfg.cell, cfg.hidden_size, cfg.decoder_layers, cfg.encoder_output_size,
-        cfg.attention, cfg.attention_placement, cfg.input_feeding, cfg.peeky, cfg.tie_embeddings,
+        tgt_embedding,
+        cfg.cell,
+        cfg.hidden_size,
+        cfg.decoder_layers,
+        cfg.encoder_output_size,
+        cfg.attention,
+        cfg.attention_placement,
+        cfg.input_feeding,
+        cfg.peeky,
+        cfg.tie_embeddings,
         cfg.dropout,
     )
-    bridge = Bridge(cfg.bridge, cfg.cell, cfg.encoder_output_size, cfg.hidden_size, cfg.decoder_layers)
+    bridge = Bridge(
+        cfg.bridge, cfg.cell, cfg.encoder_output_size, cfg.hidden_size, cfg.decoder_layers
+    )
     return Seq2Seq(encoder, decoder, bridge)
 
 
@@ -54,7 +69,9 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
         seen.add(id(param))
         parts = name.split(".")
         # decoder.rnn.weight_ih_l0 -> decoder.rnn; decoder.output_weight -> decoder.output
-        module = f"{parts[0]}.{parts[1]}" if len(parts) > 2 else f"{parts[0]}.{parts[1].split('_')[0]}"
+        module = (
+            f"{parts[0]}.{parts[1]}" if len(parts) > 2 else f"{parts[0]}.{parts[1].split('_')[0]}"
+        )
         counts[module] = counts.get(module, 0) + param.numel()
     counts["total"] = sum(counts.values())
     return counts

@@ -71,7 +71,9 @@ class Decoder(nn.Module):
         self.input_feeding = input_feeding
         self.peeky = peeky
         self.placement = placement
-        self.attention = None if attention == "none" else Attention(attention, hidden_size, encoder_size)
+        self.attention = (
+            None if attention == "none" else Attention(attention, hidden_size, encoder_size)
+        )
         self.attend_first = self.attention is not None and placement == "bahdanau"
         embed_dim = embedding.embedding_dim
         rnn_input = (
@@ -81,11 +83,15 @@ class Decoder(nn.Module):
             + (encoder_size if peeky else 0)
         )
         self.rnn = RNN_CLASSES[cell](
-            rnn_input, hidden_size, num_layers=layers, dropout=dropout if layers > 1 else 0.0,
+            rnn_input,
+            hidden_size,
+            num_layers=layers,
+            dropout=dropout if layers > 1 else 0.0,
             batch_first=True,
         )
         self.combine = (
-            None if self.attention is None
+            None
+            if self.attention is None
             else nn.Linear(encoder_size + hidden_size, hidden_size, bias=False)
         )
         self.dropout = nn.Dropout(dropout)
@@ -108,13 +114,15 @@ class Decoder(nn.Module):
     def project(self, features: Tensor) -> Tensor:
         """Output layer: features (any leading shape) -> logits over the target vocabulary."""
         if self.pre_output is not None:
-            return nn.functional.linear(self.pre_output(features), self.embedding.weight, self.output_bias)
+            return nn.functional.linear(
+                self.pre_output(features), self.embedding.weight, self.output_bias
+            )
         return nn.functional.linear(features, self.output_weight, self.output_bias)
 
     def step(
         self, prev_tokens: Tensor, state: DecoderState, enc: EncoderOut
     ) -> tuple[Tensor, DecoderState, Tensor | None]:
-        """One step for a batch of previous tokens ``B``: features ``B x F``, new state, attention."""
+        """One step for previous tokens ``B``: features ``B x F``, the new state, attention."""
         inputs = [self.dropout(self.embedding(prev_tokens))]
         context = weights = None
         if self.attend_first:

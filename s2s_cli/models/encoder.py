@@ -94,13 +94,16 @@ class Encoder(nn.Module):
         outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=steps)
         if self.reverse_source:
             outputs = reverse_padded(outputs, lengths)
-        hidden, cell = (final if isinstance(final, tuple) else (final, None))
-        return outputs, pad_mask, self._merge_directions(hidden), (
-            None if cell is None else self._merge_directions(cell)
+        hidden, cell = final if isinstance(final, tuple) else (final, None)
+        return (
+            outputs,
+            pad_mask,
+            self._merge_directions(hidden),
+            (None if cell is None else self._merge_directions(cell)),
         )
 
     def _merge_directions(self, state: Tensor) -> Tensor:
         # (layers * dirs) x B x H  ->  layers x B x (dirs * H)
-        layers_dirs, batch, size = state.shape
+        _layers_dirs, batch, size = state.shape
         state = state.view(self.layers, self.directions, batch, size)
         return state.transpose(1, 2).reshape(self.layers, batch, self.directions * size)

@@ -26,7 +26,9 @@ class Bridge(nn.Module):
     encoder and decoder may differ in size, layer count and direction.
     """
 
-    def __init__(self, kind: str, cell: str, encoder_size: int, hidden_size: int, layers: int) -> None:
+    def __init__(
+        self, kind: str, cell: str, encoder_size: int, hidden_size: int, layers: int
+    ) -> None:
         super().__init__()
         self.kind = kind
         self.layers = layers
@@ -34,7 +36,9 @@ class Bridge(nn.Module):
         self.has_cell = cell == "lstm"
         if kind == "bridge":
             self.hidden_proj = nn.Linear(encoder_size, layers * hidden_size)
-            self.cell_proj = nn.Linear(encoder_size, layers * hidden_size) if self.has_cell else None
+            self.cell_proj = (
+                nn.Linear(encoder_size, layers * hidden_size) if self.has_cell else None
+            )
 
     def forward(self, enc: EncoderOut) -> tuple[Tensor, Tensor | None]:
         batch = enc.outputs.size(0)

@@ -34,11 +34,19 @@ def average_checkpoints(paths: list[Path], output: Path) -> Path:
         state = payload["model"]
         if reference is None:
             reference = payload
-            total = {k: v.double().clone() if v.is_floating_point() else v.clone() for k, v in state.items()}
+            total = {
+                k: v.double().clone() if v.is_floating_point() else v.clone()
+                for k, v in state.items()
+            }
             continue
         assert total is not None
-        if state.keys() != total.keys() or payload["config"]["model"] != reference["config"]["model"]:
-            raise CheckpointError(f"{path}: a different architecture from {paths[0]}; cannot average")
+        if (
+            state.keys() != total.keys()
+            or payload["config"]["model"] != reference["config"]["model"]
+        ):
+            raise CheckpointError(
+                f"{path}: a different architecture from {paths[0]}; cannot average"
+            )
         if not torch.equal(payload["spm"]["tgt"], reference["spm"]["tgt"]):
             raise CheckpointError(f"{path}: a different vocabulary from {paths[0]}; cannot average")
         for key, value in state.items():
@@ -51,7 +59,8 @@ def average_checkpoints(paths: list[Path], output: Path) -> Path:
         for k, v in total.items()
     }
     payload = {
-        key: last[key] for key in ("s2s_version", "config", "vocab", "spm", "best", "progress")
+        key: last[key]
+        for key in ("s2s_version", "config", "vocab", "spm", "best", "progress")
         if key in last
     }
     payload["model"] = averaged

@@ -42,8 +42,14 @@ class Reporter:
     """Everything a training run tells the user; silent on non-zero ranks."""
 
     def __init__(
-        self, save_dir: Path, enabled: bool, log_every: int, total_updates: int | None,
-        progress: bool, tensorboard: bool, console: Any = None,
+        self,
+        save_dir: Path,
+        enabled: bool,
+        log_every: int,
+        total_updates: int | None,
+        progress: bool,
+        tensorboard: bool,
+        console: Any = None,
     ) -> None:
         self.enabled = enabled
         self.log_every = log_every
@@ -66,7 +72,8 @@ class Reporter:
         if not self.enabled or not self.metrics_path.exists():
             return
         kept = [
-            line for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
+            line
+            for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
             if line.strip() and json.loads(line).get("update", 0) <= update
         ]
         atomic_write_text(self.metrics_path, "".join(f"{line}\n" for line in kept))
@@ -100,8 +107,15 @@ class Reporter:
         log.info(
             "update %d | epoch %d | loss %.3f | ppl %.2f | lr %.3g | gnorm %.2f | %.0f tgt tok/s | "
             "pad %.1f%% | %s elapsed%s",
-            update, epoch, record["loss"], record["ppl"], lr, record["grad_norm"],
-            record["tokens_per_s"], 100 * record["padding"], _duration(record["elapsed_s"]),
+            update,
+            epoch,
+            record["loss"],
+            record["ppl"],
+            lr,
+            record["grad_norm"],
+            record["tokens_per_s"],
+            100 * record["padding"],
+            _duration(record["elapsed_s"]),
             f" | ETA {_duration(eta)}" if eta is not None else "",
         )
         self._write(record)
@@ -118,7 +132,12 @@ class Reporter:
             return
         log.info(
             "valid | update %d | epoch %d | loss %.3f | ppl %.2f | BLEU %.2f | chrF %.2f%s",
-            update, epoch, metrics["loss"], metrics["ppl"], metrics["bleu"], metrics["chrf"],
+            update,
+            epoch,
+            metrics["loss"],
+            metrics["ppl"],
+            metrics["bleu"],
+            metrics["chrf"],
             " | best" if best else "",
         )
         self._write({"kind": "valid", "update": update, "epoch": epoch, **metrics, "best": best})
@@ -147,11 +166,21 @@ class Reporter:
             self._tb.close()
 
     def _start_progress(self, console: Any) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeRemainingColumn(), console=console, transient=True,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
         )
         self._progress.start()
         self._task = self._progress.add_task("training", total=self.total_updates)
@@ -163,7 +192,9 @@ def _tensorboard_writer(path: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        log.warning("train.tensorboard is on but the tensorboard package is not installed; skipping")
+        log.warning(
+            "train.tensorboard is on but the tensorboard package is not installed; skipping"
+        )
         return None
     return SummaryWriter(str(path))
 

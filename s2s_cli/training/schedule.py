@@ -15,7 +15,9 @@ from s2s_cli.config import TrainConfig
 def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     params = list(params)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
@@ -51,7 +53,9 @@ class LearningRate:
             if not self.total or self.total <= self.warmup:
                 return self.peak
             progress = min(1.0, (update - self.warmup) / (self.total - self.warmup))
-            return self.min_lr + 0.5 * (self.peak - self.min_lr) * (1 + math.cos(math.pi * progress))
+            return self.min_lr + 0.5 * (self.peak - self.min_lr) * (
+                1 + math.cos(math.pi * progress)
+            )
         if self.kind == "plateau":
             return max(self.min_lr, self.peak * self.scale)
         return self.peak
@@ -60,7 +64,9 @@ class LearningRate:
         """Feed a validation result (only ``plateau`` reacts)."""
         if self.kind != "plateau":
             return
-        improved = self.best is None or (value > self.best if higher_is_better else value < self.best)
+        improved = self.best is None or (
+            value > self.best if higher_is_better else value < self.best
+        )
         if improved:
             self.best, self.bad = value, 0
             return

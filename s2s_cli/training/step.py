@@ -30,7 +30,11 @@ class LossModule(nn.Module):
         self.label_smoothing = label_smoothing
 
     def forward(
-        self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, tgt_out: Tensor,
+        self,
+        src: Tensor,
+        src_lengths: Tensor,
+        tgt_in: Tensor,
+        tgt_out: Tensor,
         teacher_forcing: float = 1.0,
     ) -> tuple[Tensor, Tensor]:
         features, _ = self.model.features(src, src_lengths, tgt_in, teacher_forcing)
@@ -63,7 +67,9 @@ class Updater:
     context: DistributedContext
 
     def update(self, batches: list[Batch], teacher_forcing: float) -> UpdateResult:
-        tokens = all_reduce_sum(float(sum(b.target_tokens for b in batches)), self.context, self.device)
+        tokens = all_reduce_sum(
+            float(sum(b.target_tokens for b in batches)), self.context, self.device
+        )
         # Normalise by the update's global token count; DDP averages over ranks, hence * world.
         scale = self.context.world_size / max(tokens, 1.0)
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)

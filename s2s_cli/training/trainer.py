@@ -8,6 +8,7 @@ schedule state.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
@@ -32,12 +33,12 @@ from s2s_cli.data.batching import Shard, make_batches
 from s2s_cli.data.dataset import Dataset
 from s2s_cli.data.loader import Batch, collate, prefetch
 from s2s_cli.data.spm import load_processor
+from s2s_cli.decoding.search import check_precision
 from s2s_cli.decoding.translator import resolve_device
 from s2s_cli.errors import CheckpointError, ConfigError, S2SError
 from s2s_cli.io import check_writable_dir
 from s2s_cli.models.build import build_model
 from s2s_cli.training.distributed import (
-    DistributedContext,
     all_reduce_tensor,
     any_rank,
     init_distributed,
@@ -53,9 +54,18 @@ log = logging.getLogger(__name__)
 LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
 # Keys a resumed run may change: they decide when to stop, log or validate, never the arithmetic.
 RESUMABLE = {
-    "train.max_updates", "train.max_epochs", "train.max_minutes", "train.patience",
-    "train.validate_every", "train.save_every", "train.keep_last", "train.log_every",
-    "train.tensorboard", "train.threads", "train.valid_max_sentences", "train.valid_beam",
+    "train.max_updates",
+    "train.max_epochs",
+    "train.max_minutes",
+    "train.patience",
+    "train.validate_every",
+    "train.save_every",
+    "train.keep_last",
+    "train.log_every",
+    "train.tensorboard",
+    "train.threads",
+    "train.valid_max_sentences",
+    "train.valid_beam",
 }
 
 
@@ -68,8 +78,13 @@ class TrainingInterrupted(S2SError):
 
 
 def train(
-    cfg: ExperimentConfig, data_dir: str | Path, save_dir: str | Path, device: str = "auto",
-    resume: bool = False, progress: bool = False, console: Any = None,
+    cfg: ExperimentConfig,
+    data_dir: str | Path,
+    save_dir: str | Path,
+    device: str = "auto",
+    resume: bool = False,
+    progress: bool = False,
+    console: Any = None,
 ) -> Path:
     """Train (or continue training) a model; returns the path of the best checkpoint."""
     run = TrainingRun(cfg, Path(data_dir), Path(save_dir), device, resume, progress, console)
@@ -81,13 +96,20 @@ def train(
 
 class TrainingRun:
     def __init__(
-        self, cfg: ExperimentConfig, data_dir: Path, save_dir: Path, device: str, resume: bool,
-        progress: bool, console: Any,
+        self,
+        cfg: ExperimentConfig,
+        data_dir: Path,
+        save_dir: Path,
+        device: str,
+        resume: bool,
+        progress: bool,
+        console: Any,
     ) -> None:
         self.device = resolve_device(device)
         self.context = init_distributed(self.device.type)
         if self.device.type == "cuda" and self.context.enabled:
             self.device = torch.device("cuda", self.context.local_rank)
+        check_precision(self.device, cfg.train.precision, "train.precision")
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.dataset = Dataset(data_dir)
@@ -99,13 +121,20 @@ class TrainingRun:
         saved = self._existing_checkpoint(resume)
         self._build(saved)
         self.reporter = Reporter(
-            save_dir, self.context.is_main, cfg.train.log_every, self.total_updates,
-            progress, cfg.train.tensorboard, console,
+            save_dir,
+            self.context.is_main,
+            cfg.train.log_every,
+            self.total_updates,
+            progress,
+            cfg.train.tensorboard,
+            console,
         )
         if saved is not None:
             self._restore(saved)
             self.reporter.resume_metrics(self.updates)
-            log.info("resuming %s at update %d (epoch %d)", save_dir / LAST, self.updates, self.epoch)
+            log.info(
+                "resuming %s at update %d (epoch %d)", save_dir / LAST, self.updates, self.epoch
+            )
         if self.context.is_main:
             write_config(cfg, save_dir / "config.yaml")
         self.stop_signal: int | None = None
@@ -116,7 +145,9 @@ class TrainingRun:
         path = self.save_dir / LAST
         if not path.exists():
             if resume:
-                raise CheckpointError(f"{path}: nothing to resume (no checkpoint in {self.save_dir})")
+                raise CheckpointError(
+                    f"{path}: nothing to resume (no checkpoint in {self.save_dir})"
+                )
             return None
         saved = load_checkpoint(path)
         _check_same_run(checkpoint_config(saved, path), self.cfg, path)
@@ -141,8 +172,13 @@ class TrainingRun:
                 loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.updater = Updater(
-            loss_module, self.optimizer, self.scaler, self.device, cfg.train.precision,
-            cfg.train.clip_norm, self.context,
+            loss_module,
+            self.optimizer,
+            self.scaler,
+            self.device,
+            cfg.train.precision,
+            cfg.train.clip_norm,
+            self.context,
         )
         self.validator = None
         if "valid" in self.dataset.splits and self.context.is_main:
@@ -150,7 +186,11 @@ class TrainingRun:
             self.validator = Validator(self.dataset, cfg, tgt_spm, self.device)
         self.epoch, self.position, self.updates, self.skipped = 1, 0, 0, 0
         self.train_seconds = 0.0
-        self.best: dict[str, Any] = {"metric": cfg.train.validate_metric, "value": None, "update": 0}
+        self.best: dict[str, Any] = {
+            "metric": cfg.train.validate_metric,
+            "value": None,
+            "update": 0,
+        }
         self.bad_validations = 0
         self.last_validated = -1
         self.new_best = False
@@ -183,8 +223,11 @@ class TrainingRun:
             if self.device.type == "cuda" and len(cuda_states) == self.context.world_size:
                 torch.cuda.set_rng_state(cuda_states[self.context.rank], self.device)
         else:
-            log.warning("resuming with %d processes instead of %d: dropout RNG streams restart",
-                        self.context.world_size, len(states))
+            log.warning(
+                "resuming with %d processes instead of %d: dropout RNG streams restart",
+                self.context.world_size,
+                len(states),
+            )
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -233,8 +276,11 @@ class TrainingRun:
             self.position = index + 1
             self.skipped += result.skipped
             if result.skipped:
-                log.warning("update %d: non-finite gradients, step skipped (%d so far)",
-                            self.updates, self.skipped)
+                log.warning(
+                    "update %d: non-finite gradients, step skipped (%d so far)",
+                    self.updates,
+                    self.skipped,
+                )
             self.reporter.update(self.updates, self.epoch, result, lr)
             validate_every, save_every = self.cfg.train.validate_every, self.cfg.train.save_every
             if validate_every and self.updates % validate_every == 0:
@@ -246,7 +292,9 @@ class TrainingRun:
                 return False
         return True
 
-    def _batches(self, batches: list[np.ndarray], start: int, total: int) -> Iterator[tuple[int, list[Batch]]]:
+    def _batches(
+        self, batches: list[np.ndarray], start: int, total: int
+    ) -> Iterator[tuple[int, list[Batch]]]:
         def produce() -> Iterator[tuple[int, list[Batch]]]:
             for index in range(start, total):
                 micro = self.shard.micro_batches(batches, index)
@@ -289,7 +337,8 @@ class TrainingRun:
         if out_of_time:
             self.train_seconds = max(self.train_seconds, 60 * t.max_minutes)
         return (
-            signalled or out_of_time
+            signalled
+            or out_of_time
             or (t.max_updates is not None and self.updates >= t.max_updates)
             or (t.patience is not None and self.bad_validations >= t.patience)
         )
@@ -325,7 +374,9 @@ class TrainingRun:
         keys = ["loss", "nll", "ppl", "bleu", "chrf", "sentences"]
         values = torch.zeros(len(keys), dtype=torch.float64, device=self.device)
         if metrics is not None:
-            values += torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.device)
+            values += torch.tensor(
+                [metrics[k] for k in keys], dtype=torch.float64, device=self.device
+            )
         all_reduce_tensor(values, self.context)
         return dict(zip(keys, values.tolist(), strict=True))
 
@@ -357,8 +408,11 @@ class TrainingRun:
             "s2s_version": __version__,
             "config": to_dict(self.cfg),
             "vocab": {
-                "src_size": src_vocab, "tgt_size": tgt_vocab, "joint": self.dataset.joint,
-                "src_lang": self.dataset.src_lang, "tgt_lang": self.dataset.tgt_lang,
+                "src_size": src_vocab,
+                "tgt_size": tgt_vocab,
+                "joint": self.dataset.joint,
+                "src_lang": self.dataset.src_lang,
+                "tgt_lang": self.dataset.tgt_lang,
             },
             "spm": {side: spm_to_tensor(data) for side, data in self.spm.items()},
             "model": self.model.state_dict(),
@@ -367,9 +421,13 @@ class TrainingRun:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": self._rng_states(),
             "progress": {
-                "epoch": self.epoch, "position": self.position, "updates": self.updates,
-                "skipped": self.skipped, "train_seconds": train_seconds,
-                "bad_validations": self.bad_validations, "last_validated": self.last_validated,
+                "epoch": self.epoch,
+                "position": self.position,
+                "updates": self.updates,
+                "skipped": self.skipped,
+                "train_seconds": train_seconds,
+                "bad_validations": self.bad_validations,
+                "last_validated": self.last_validated,
             },
             "best": dict(self.best),
             "data_dir": str(self.dataset.dir),
@@ -395,14 +453,14 @@ class TrainingRun:
             if self.stop_signal is not None and signum == signal.SIGINT:
                 raise KeyboardInterrupt  # a second Ctrl-C: stop at once
             self.stop_signal = signum
-            log.warning("%s received: saving a checkpoint after this update",
-                        signal.Signals(signum).name)
+            log.warning(
+                "%s received: saving a checkpoint after this update", signal.Signals(signum).name
+            )
 
         for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
+            # signal.signal raises ValueError off the main thread (e.g. a library caller's thread)
+            with contextlib.suppress(ValueError):
                 self._previous_handlers[signum] = signal.signal(signum, request_stop)
-            except ValueError:  # not the main thread (e.g. called from a worker thread)
-                pass
 
     def _restore_signal_handlers(self) -> None:
         for signum, handler in self._previous_handlers.items():
@@ -417,7 +475,8 @@ def _check_same_run(saved: ExperimentConfig, current: ExperimentConfig, path: Pa
     """A resumed run may change only when it stops/logs/validates and how it decodes."""
     old, new = _flatten(to_dict(saved)), _flatten(to_dict(current))
     changed = [
-        k for k in sorted(set(old) | set(new))
+        k
+        for k in sorted(set(old) | set(new))
         if old.get(k) != new.get(k) and k not in RESUMABLE and not k.startswith("decode.")
     ]
     if changed:
@@ -436,4 +495,3 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
-

@@ -25,7 +25,9 @@ HIGHER_IS_BETTER = {"bleu": True, "chrf": True, "loss": False}
 class Validator:
     """Scores a model on the dataset's ``valid`` split."""
 
-    def __init__(self, dataset: Dataset, cfg: ExperimentConfig, tgt_spm: Any, device: torch.device) -> None:
+    def __init__(
+        self, dataset: Dataset, cfg: ExperimentConfig, tgt_spm: Any, device: torch.device
+    ) -> None:
         self.split: ParallelSplit = dataset.split("valid")
         self.cfg = cfg
         self.tgt_spm = tgt_spm
@@ -34,7 +36,8 @@ class Validator:
         self.count = min(limit, len(self.split))
         refs_path = dataset.raw_text_path("valid", "tgt")
         self.references = (
-            list(read_lines(refs_path))[: self.count] if refs_path is not None
+            list(read_lines(refs_path))[: self.count]
+            if refs_path is not None
             else [tgt_spm.decode(self.split.tgt[i].tolist()) for i in range(self.count)]
         )
 
@@ -44,7 +47,9 @@ class Validator:
         objective = LossModule(model, self.cfg.train.label_smoothing)
         sizes_src = self.split.src_sizes[: self.count] + 1
         sizes_tgt = self.split.tgt_sizes[: self.count] + 1
-        batches = make_batches(sizes_src, sizes_tgt, self.cfg.train.max_tokens, None, 0, 0, shuffle=False)
+        batches = make_batches(
+            sizes_src, sizes_tgt, self.cfg.train.max_tokens, None, 0, 0, shuffle=False
+        )
         total = nll_total = tokens = 0.0
         for indices in batches:
             batch = collate(self.split, indices).to(self.device)
@@ -57,8 +62,12 @@ class Validator:
 
     def translations(self, model: Seq2Seq) -> list[str]:
         decode = dataclasses.replace(
-            self.cfg.decode, beam=self.cfg.train.valid_beam, nbest=1, sampling=False,
-            precision=self.cfg.train.precision, batch_size=max(self.cfg.decode.batch_size, 128),
+            self.cfg.decode,
+            beam=self.cfg.train.valid_beam,
+            nbest=1,
+            sampling=False,
+            precision=self.cfg.train.precision,
+            batch_size=max(self.cfg.decode.batch_size, 128),
         )
         sources = [np.asarray(self.split.src[i]) for i in range(self.count)]
         hypotheses = search_all(Ensemble([model]), sources, decode, self.device)

@@ -1,0 +1,448 @@
+"""The command-line contract, through real subprocesses where pipes and signals matter."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import sacrebleu
+from typer.testing import CliRunner
+
+from s2s_cli.cli import app
+
+from ..conftest import TINY_MODEL, write_reverse_corpus
+
+runner = CliRunner()
+SUBCOMMANDS = ["preprocess", "train", "translate", "score", "average", "info"]
+
+
+def s2s(*args: str, stdin: str | bytes | None = None, check: bool = False, timeout: float = 300):
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    result = subprocess.run(
+        [sys.executable, "-m", "s2s_cli", *args],
+        input=data,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(result.stderr.decode()[-3000:])
+    return result
+
+
+def one_line_error(result) -> str:
+    err = result.stderr.decode()
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_help_lists_every_subcommand_with_a_purpose():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in SUBCOMMANDS:
+        assert name in result.output
+    for name in SUBCOMMANDS:
+        sub = runner.invoke(app, [name, "--help"])
+        assert sub.exit_code == 0, name
+        assert "Usage" in sub.output
+
+
+def test_version():
+    from s2s_cli import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_config_error_exits_2_and_data_error_exits_1(tiny_dataset, tmp_path):
+    config_error = s2s("train", "--data", str(tiny_dataset), "--dry-run", "model.hiden_size=3")
+    assert config_error.returncode == 2
+    assert "did you mean 'model.hidden_size'" in one_line_error(config_error)
+    data_error = s2s(
+        "preprocess",
+        "--src-lang",
+        "a",
+        "--tgt-lang",
+        "b",
+        "--train",
+        str(tmp_path / "x"),
+        "--dest",
+        str(tmp_path / "d"),
+    )
+    assert data_error.returncode == 1
+    assert "no such file" in one_line_error(data_error)
+
+
+def test_preprocess_prints_exactly_the_dataset_dir(tmp_path):
+    raw = write_reverse_corpus(tmp_path / "raw", train=200)
+    result = s2s(
+        "preprocess",
+        "--src-lang",
+        "src",
+        "--tgt-lang",
+        "tgt",
+        "--train",
+        str(raw / "train"),
+        "--valid",
+        str(raw / "valid"),
+        "--vocab-size",
+        "40",
+        "--dest",
+        str(tmp_path / "d"),
+        check=True,
+    )
+    assert result.stdout.decode() == f"{tmp_path / 'd'}\n"
+    info = s2s("info", str(tmp_path / "d"), "--json", check=True)
+    assert json.loads(info.stdout)["splits"]["train"]["sentences"] == 200
+
+
+def test_preprocess_pipes_into_train_and_train_prints_the_checkpoint(tmp_path):
+    raw = write_reverse_corpus(tmp_path / "raw", train=300)
+    pre = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "s2s_cli",
+            "preprocess",
+            "--src-lang",
+            "src",
+            "--tgt-lang",
+            "tgt",
+            "--train",
+            str(raw / "train"),
+            "--valid",
+            str(raw / "valid"),
+            "--vocab-size",
+            "40",
+            "--dest",
+            str(tmp_path / "d"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "s2s_cli",
+            "train",
+            "--save-dir",
+            str(tmp_path / "run"),
+            *TINY_MODEL,
+            "train.max_updates=5",
+        ],
+        stdin=pre.stdout,
+        capture_output=True,
+        check=False,
+    )
+    pre.wait()
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    lines = result.stdout.decode().splitlines()
+    assert lines == [str(tmp_path / "run" / "checkpoint_best.pt")]
+    assert (tmp_path / "run" / "config.yaml").exists() and (tmp_path / "run" / "train.log").exists()
+    assert "update" in result.stderr.decode()  # logs go to stderr
+
+
+def test_dry_run_prints_config_and_parameter_count(tiny_dataset):
+    result = s2s(
+        "train", "--data", str(tiny_dataset), "--dry-run", "model.preset=luong", check=True
+    )
+    out = result.stdout.decode()
+    assert "input_feeding: true" in out and "# parameters:" in out
+
+
+@pytest.mark.slow
+def test_sigint_saves_a_checkpoint_and_the_run_resumes(tiny_dataset, tmp_path):
+    args = [
+        sys.executable,
+        "-m",
+        "s2s_cli",
+        "train",
+        "--data",
+        str(tiny_dataset),
+        "--save-dir",
+        str(tmp_path),
+        *TINY_MODEL,
+        "train.max_updates=100000",
+        "train.log_every=1",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    log = tmp_path / "metrics.jsonl"
+    while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert b"Traceback" not in err and out == b""
+    progress = json.loads(
+        json.dumps(
+            __import__("torch").load(tmp_path / "checkpoint_last.pt", weights_only=True)["progress"]
+        )
+    )
+    assert progress["updates"] >= 3
+    resumed = subprocess.run(
+        [*args[:-2], f"train.max_updates={progress['updates'] + 2}"],
+        capture_output=True,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    assert b"resuming" in resumed.stderr
+
+
+# -- translate --------------------------------------------------------------------------------
+
+
+def test_translate_stdin_to_stdout_one_line_per_line(trained_checkpoint):
+    lines = ["one two three", "", "four five", "six"]
+    result = s2s(
+        "translate", "-c", str(trained_checkpoint), stdin="\n".join(lines) + "\n", check=True
+    )
+    out = result.stdout.decode().split("\n")
+    assert out[-1] == "" and len(out) - 1 == len(lines)
+    assert out[1] == ""
+    assert out[0] == "THREE TWO ONE"
+
+
+def test_translate_file_to_file_jsonl_alignment_and_plots(trained_checkpoint, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("one two\nthree four five\n")
+    out = tmp_path / "out.jsonl"
+    s2s(
+        "translate",
+        "-c",
+        str(trained_checkpoint),
+        "-i",
+        str(src),
+        "-o",
+        str(out),
+        "--format",
+        "jsonl",
+        "--nbest",
+        "2",
+        "--print-alignment",
+        "--attention-plot",
+        str(tmp_path / "plots"),
+        check=True,
+    )
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [0, 1] and rows[1]["source"] == "three four five"
+    assert len(rows[0]["hypotheses"]) == 2
+    assert rows[0]["hypotheses"][0]["score"] >= rows[0]["hypotheses"][1]["score"]
+    assert all("-" in pair for pair in rows[0]["hypotheses"][0]["alignment"].split())
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["000001.svg", "000002.svg"]
+
+
+def test_translate_text_alignment_is_tab_separated(trained_checkpoint):
+    result = s2s(
+        "translate",
+        "-c",
+        str(trained_checkpoint),
+        "--print-alignment",
+        stdin="one two\n",
+        check=True,
+    )
+    text, alignment = result.stdout.decode().rstrip("\n").split("\t")
+    assert text and all(p.split("-")[0].isdigit() for p in alignment.split())
+
+
+def test_translate_stops_quietly_when_the_reader_goes_away(trained_checkpoint):
+    proc = subprocess.Popen(
+        f"yes 'one two three four' | head -n 3000 | {sys.executable} -m s2s_cli translate -c "
+        f"{trained_checkpoint} --buffer-size 50 | head -n 1",
+        shell=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = proc.communicate(timeout=120)
+    assert out.decode().strip() == "FOUR THREE TWO ONE"
+    assert b"Traceback" not in err and b"BrokenPipe" not in err
+
+
+def test_translate_warns_about_truncation_naming_the_line(trained_checkpoint):
+    result = s2s(
+        "translate",
+        "-c",
+        str(trained_checkpoint),
+        "--max-source-len",
+        "5",
+        stdin="one\n" + "one two " * 10 + "\n",
+        check=True,
+    )
+    assert "line 2" in result.stderr.decode() and "truncated" in result.stderr.decode()
+    assert len(result.stdout.decode().splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("utf8", "line 2: invalid UTF-8"),
+        ("missing", "no such checkpoint"),
+        ("corrupt", "not a readable s2s checkpoint"),
+        ("unwritable", "cannot write"),
+        ("fp16", "fp16 needs a CUDA device"),
+    ],
+)
+def test_translate_errors_are_one_line(trained_checkpoint, tmp_path, case, message):
+    ckpt = str(trained_checkpoint)
+    args, stdin = ["-c", ckpt], b"one two\n"
+    if case == "utf8":
+        stdin = b"one two\n\xff\xfe three\n"
+    elif case == "missing":
+        args = ["-c", str(tmp_path / "nope.pt")]
+    elif case == "corrupt":
+        (tmp_path / "bad.pt").write_bytes(os.urandom(5000))
+        args = ["-c", str(tmp_path / "bad.pt")]
+    elif case == "unwritable":
+        (tmp_path / "file").write_text("x")
+        args += ["-o", str(tmp_path / "file" / "out.txt")]
+    elif case == "fp16":
+        args += ["--precision", "fp16", "--device", "cpu"]
+    result = s2s("translate", *args, stdin=stdin)
+    assert result.returncode != 0
+    assert message in one_line_error(result)
+
+
+def test_ensemble_members_must_share_vocabularies(trained_checkpoint, tmp_path):
+    raw = write_reverse_corpus(tmp_path / "raw", train=200, seed=3)
+    data = tmp_path / "d"
+    s2s(
+        "preprocess",
+        "--src-lang",
+        "src",
+        "--tgt-lang",
+        "tgt",
+        "--train",
+        str(raw / "train"),
+        "--vocab-size",
+        "44",
+        "--dest",
+        str(data),
+        check=True,
+    )
+    other = (
+        s2s(
+            "train",
+            "--data",
+            str(data),
+            "--save-dir",
+            str(tmp_path / "run"),
+            *TINY_MODEL,
+            "train.max_updates=1",
+            check=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
+    result = s2s("translate", "-c", str(trained_checkpoint), "-c", other, stdin="one\n")
+    assert result.returncode == 1
+    assert "vocabulary differs" in one_line_error(result)
+
+
+def test_average_and_info_on_checkpoints(trained_checkpoint, tmp_path):
+    out = tmp_path / "avg.pt"
+    result = s2s(
+        "average", str(trained_checkpoint), str(trained_checkpoint), "-o", str(out), check=True
+    )
+    assert result.stdout.decode().strip() == str(out)
+    info = json.loads(s2s("info", str(out), "--json", check=True).stdout)
+    assert info["parameters"]["total"] > 0 and info["model"]["cell"] == "lstm"
+    assert len(info["averaged_from"]) == 2
+
+
+# -- score --------------------------------------------------------------------------------------
+
+REF = ["the cat sat on the mat", "a dog runs in the park", "it is raining today"]
+HYP = ["the cat sat on a mat", "a dog is running in the park", "it rains today"]
+
+
+@pytest.fixture
+def texts(tmp_path):
+    (tmp_path / "ref").write_text("\n".join(REF) + "\n")
+    (tmp_path / "hyp").write_text("\n".join(HYP) + "\n")
+    return tmp_path
+
+
+def test_score_equals_sacrebleu(texts):
+    result = runner.invoke(
+        app,
+        [
+            "score",
+            "-r",
+            str(texts / "ref"),
+            "-i",
+            str(texts / "hyp"),
+            "--metrics",
+            "bleu,chrf,ter",
+            "--format",
+            "json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    assert scores["bleu"]["score"] == pytest.approx(sacrebleu.corpus_bleu(HYP, [REF]).score)
+    assert scores["chrf"]["score"] == pytest.approx(sacrebleu.corpus_chrf(HYP, [REF]).score)
+    assert scores["ter"]["score"] == pytest.approx(sacrebleu.corpus_ter(HYP, [REF]).score)
+    assert "nrefs:1" in scores["bleu"]["signature"]
+
+
+def test_score_tokenized_lowercased_bleu_is_labelled(texts):
+    upper = texts / "upper"
+    upper.write_text("\n".join(h.upper() for h in HYP) + "\n")
+    result = runner.invoke(
+        app, ["score", "-r", str(texts / "ref"), "-i", str(upper), "--metrics", "bleu,bleu_tok_lc"]
+    )
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("BLEU = ") and lines[1].startswith("BLEU (tokenized, lowercased) = ")
+    assert "case:lc" in lines[1]
+    lowered = sacrebleu.corpus_bleu([h.upper() for h in HYP], [REF], lowercase=True).score
+    assert f"{lowered:.2f}" in lines[1]
+
+
+def test_score_reads_stdin_and_prints_the_signature(texts):
+    result = s2s("score", "-r", str(texts / "ref"), stdin="\n".join(HYP) + "\n", check=True)
+    assert "nrefs:1" in result.stdout.decode()
+
+
+def test_score_gates(texts):
+    low = runner.invoke(
+        app, ["score", "-r", str(texts / "ref"), "-i", str(texts / "hyp"), "--min-bleu", "99"]
+    )
+    assert low.exit_code == 1 and "below --min-bleu 99" in low.stderr
+    ok = runner.invoke(
+        app,
+        [
+            "score",
+            "-r",
+            str(texts / "ref"),
+            "-i",
+            str(texts / "hyp"),
+            "--min-bleu",
+            "1",
+            "--min-chrf",
+            "1",
+        ],
+    )
+    assert ok.exit_code == 0
+
+
+@pytest.mark.parametrize("case", ["mismatch", "empty", "unreadable"])
+def test_score_errors(texts, case):
+    hyp = texts / "hyp"
+    if case == "mismatch":
+        hyp.write_text("one line\n")
+    elif case == "empty":
+        hyp.write_text("")
+    else:
+        hyp = texts / "missing"
+    result = s2s("score", "-r", str(texts / "ref"), "-i", str(hyp))
+    assert result.returncode == 1
+    message = one_line_error(result)
+    assert {"mismatch": "has 3 lines", "empty": "no hypotheses", "unreadable": "no such file"}[
+        case
+    ] in message

@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny corpora made on the fly, a tiny dataset and a tiny trained model."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "zero"]
+
+
+def write_reverse_corpus(
+    directory: Path, train: int = 600, seed: int = 7, held_out: int = 60
+) -> Path:
+    """Number words -> the same words reversed and upper-cased: {train,valid,test}.{src,tgt}."""
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", train), ("valid", held_out), ("test", held_out)):
+        src, tgt = [], []
+        for _ in range(count):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(2, 7))]
+            src.append(" ".join(words))
+            tgt.append(" ".join(reversed(words)).upper())
+        (directory / f"{split}.src").write_text("\n".join(src) + "\n", encoding="utf-8")
+        (directory / f"{split}.tgt").write_text("\n".join(tgt) + "\n", encoding="utf-8")
+    return directory
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    return write_reverse_corpus(tmp_path / "raw")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A preprocessed reverse-task dataset (joint BPE, 48 pieces), shared by the session."""
+    from s2s_cli import preprocess
+
+    root = tmp_path_factory.mktemp("tiny")
+    raw = write_reverse_corpus(root / "raw", train=1500)
+    from s2s_cli.config import load_config
+
+    cfg = load_config(overrides=["data.vocab_size=48"])
+    return preprocess(
+        src_lang="src",
+        tgt_lang="tgt",
+        train=raw / "train",
+        valid=raw / "valid",
+        tests=[raw / "test"],
+        dest=root / "data",
+        config=cfg,
+    )
+
+
+TINY_MODEL = [
+    "model.preset=fast",
+    "model.embed_dim=32",
+    "model.hidden_size=64",
+    "model.dropout=0.0",
+    "train.max_tokens=1024",
+    "train.lr=0.005",
+    "train.log_every=1000",
+    "train.seed=1",
+]
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny fast-preset model trained on the reverse task until it is good (about 10 s)."""
+    from s2s_cli import load_config, train
+
+    cfg = load_config(overrides=[*TINY_MODEL, "train.max_updates=400", "train.validate_every=400"])
+    save_dir = tmp_path_factory.mktemp("trained")
+    return train(cfg, tiny_dataset, save_dir, device="cpu")

@@ -1,0 +1,153 @@
+"""Beam search against a scripted scorer whose step probabilities are known, so every expected
+hypothesis and score below is worked out by hand."""
+
+import math
+
+import pytest
+import torch
+
+from s2s_cli.config import DecodeConfig
+from s2s_cli.data.spm import EOS
+from s2s_cli.decoding.beam import beam_search
+from s2s_cli.decoding.constraints import block_repeated_ngrams, length_penalty
+from s2s_cli.decoding.greedy import greedy_search
+
+A, B, VOCAB = 4, 5, 6
+TINY = 1e-9  # PAD, UNK, BOS get (almost) nothing
+
+
+def dist(eos: float, a: float, b: float) -> torch.Tensor:
+    p = torch.full((VOCAB,), TINY)
+    p[EOS], p[A], p[B] = eos, a, b
+    return p
+
+
+# step 0: a .6  b .3  EOS .1 | step 1: EOS .5  b .4  a .1 | step >= 2: EOS .9  a .05  b .05
+SCRIPT = [dist(0.1, 0.6, 0.3), dist(0.5, 0.1, 0.4), dist(0.9, 0.05, 0.05)]
+
+
+class ScriptedScorer:
+    """Next-piece log-probabilities depend only on the step number."""
+
+    def __init__(self, script=SCRIPT):
+        self.script = [p.log() for p in script]
+
+    def encode(self, src, lengths):
+        return torch.arange(src.size(0))
+
+    def init_state(self, enc):
+        return torch.zeros(enc.size(0), dtype=torch.long)
+
+    def step(self, prev, state, enc):
+        step = min(int(state[0]), len(self.script) - 1)
+        return self.script[step].expand(prev.size(0), VOCAB).clone(), state + 1, None
+
+    def select(self, enc, state, index):
+        return enc[index], state[index]
+
+
+def search(sentences=1, **cfg):
+    src = torch.full((sentences, 5), 7)
+    src[:, -1] = EOS
+    lengths = torch.full((sentences,), 5)
+    options = DecodeConfig(**{"beam": 2, "nbest": 2, "lenpen": 0.0, "min_len": 0, **cfg})
+    return beam_search(ScriptedScorer(), src, lengths, options)
+
+
+def test_hand_computed_hypotheses_without_length_penalty():
+    # step 1: a+EOS .30 ranks first -> finished; next beams a b (.24), b b (.12);
+    # step 2: a b EOS .216 finishes the second hypothesis.
+    (hyps,) = search()
+    assert [h.tokens for h in hyps] == [[A], [A, B]]
+    assert hyps[0].score == pytest.approx(math.log(0.30), abs=1e-6)
+    assert hyps[1].score == pytest.approx(math.log(0.216), abs=1e-6)
+    assert hyps[1].positional_scores == pytest.approx(
+        [math.log(0.6), math.log(0.4), math.log(0.9)], abs=1e-6
+    )
+
+
+def test_length_penalty_reorders_hand_computed_hypotheses():
+    # average: log(.30)/2 = -0.602 < log(.216)/3 = -0.511, so the longer one wins
+    (hyps,) = search(lenpen=1.0, lenpen_style="average")
+    assert [h.tokens for h in hyps] == [[A, B], [A]]
+    assert hyps[0].score == pytest.approx(math.log(0.216) / 3, abs=1e-6)
+    assert hyps[1].score == pytest.approx(math.log(0.30) / 2, abs=1e-6)
+    # GNMT's milder penalty: log(.30)/(7/6) = -1.032 beats log(.216)/(8/6) = -1.149
+    (gnmt,) = search(lenpen=1.0, lenpen_style="gnmt")
+    assert [h.tokens for h in gnmt] == [[A], [A, B]]
+    assert gnmt[0].score == pytest.approx(math.log(0.30) / (7 / 6), abs=1e-6)
+
+
+def test_early_eos_outside_the_top_beam_is_not_finished():
+    # step 0 EOS (.1) ranks third of 2*beam candidates: never a hypothesis with beam 2...
+    (hyps,) = search()
+    assert [] not in [h.tokens for h in hyps]
+    # ...but with beam 3 it ranks within the beam and finishes at once.
+    (hyps,) = search(beam=3, nbest=3)
+    assert [] in [h.tokens for h in hyps]
+    empty = next(h for h in hyps if h.tokens == [])
+    assert empty.score == pytest.approx(math.log(0.1), abs=1e-6)
+
+
+def test_min_len_blocks_eos():
+    # EOS blocked at steps 0 and 1: a b (.24) and b b (.12) survive, then end at step 2
+    (hyps,) = search(min_len=2)
+    assert [h.tokens for h in hyps] == [[A, B], [B, B]]
+    assert hyps[1].score == pytest.approx(math.log(0.3 * 0.4 * 0.9), abs=1e-6)
+
+
+def test_max_len_forces_eos():
+    (hyps,) = search(max_len_a=0.0, max_len_b=1)
+    assert [h.tokens for h in hyps] == [[A], [B]]
+    assert hyps[1].score == pytest.approx(math.log(0.3 * 0.5), abs=1e-6)
+
+
+def test_batched_sentences_are_independent():
+    batched = search(sentences=3)
+    assert all([h.tokens for h in hyps] == [[A], [A, B]] for hyps in batched)
+
+
+def test_beam_one_equals_greedy():
+    options = DecodeConfig(beam=1, nbest=1, lenpen=1.0, min_len=0)
+    src = torch.tensor([[7, 7, EOS]])
+    lengths = torch.tensor([3])
+    (beam,) = beam_search(ScriptedScorer(), src, lengths, options)
+    (greedy,) = greedy_search(ScriptedScorer(), src, lengths, options)
+    # greedy: a (.6), then EOS (.5)
+    assert beam[0].tokens == greedy[0].tokens == [A]
+    assert beam[0].score == pytest.approx(greedy[0].score) == pytest.approx(math.log(0.3) / 2)
+
+
+def test_nbest_is_sorted_and_distinct():
+    (hyps,) = search(beam=4, nbest=4, lenpen=1.0)
+    scores = [h.score for h in hyps]
+    assert scores == sorted(scores, reverse=True)
+    assert len({tuple(h.tokens) for h in hyps}) == len(hyps) == 4
+
+
+def test_block_repeated_ngrams():
+    history = torch.tensor([[4, 5, 4, 6], [4, 5, 6, 7]])
+    lprobs = torch.zeros(2, 10)
+    blocked = block_repeated_ngrams(lprobs.clone(), history, 2)
+    # row 0 ends with 6; no earlier bigram starts with 6 -> nothing blocked
+    assert torch.all(blocked[0] == 0)
+    blocked = block_repeated_ngrams(lprobs.clone(), torch.tensor([[4, 5, 6, 4]]), 2)
+    assert blocked[0, 5] == float("-inf") and torch.isfinite(blocked[0, [4, 6, 7]]).all()
+    trigram = block_repeated_ngrams(torch.zeros(1, 10), torch.tensor([[4, 5, 6, 4, 5]]), 3)
+    assert trigram[0, 6] == float("-inf") and (trigram[0] == float("-inf")).sum() == 1
+
+
+def test_no_repeat_ngram_in_search():
+    looping = [dist(0.01, 0.98, 0.01)] * 3  # the model wants "a a a ..."
+    options = DecodeConfig(
+        beam=1, nbest=1, lenpen=0.0, min_len=0, no_repeat_ngram=1, max_len_a=0.0, max_len_b=4
+    )
+    src, lengths = torch.tensor([[7, EOS]]), torch.tensor([2])
+    (hyps,) = greedy_search(ScriptedScorer(looping), src, lengths, options)
+    assert len(hyps[0].tokens) == len(set(hyps[0].tokens))
+
+
+def test_length_penalty_values():
+    assert length_penalty(4, 0.0, "average") == 1.0
+    assert length_penalty(4, 1.0, "average") == 4
+    assert length_penalty(7, 0.6, "gnmt") == pytest.approx((12 / 6) ** 0.6)

@@ -1,0 +1,231 @@
+import gzip
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+
+from s2s_cli import Dataset, preprocess
+from s2s_cli.config import load_config
+from s2s_cli.data.indexed import IndexedDataset, IndexedWriter, best_dtype
+from s2s_cli.data.info import dataset_info
+from s2s_cli.data.spm import SPECIAL_IDS, SentenceSample
+from s2s_cli.errors import DataError
+
+
+def run(corpus: Path, dest: Path, *overrides: str, **kwargs) -> Path:
+    cfg = load_config(overrides=["data.vocab_size=48", *overrides])
+    return preprocess(
+        src_lang="src",
+        tgt_lang="tgt",
+        train=corpus / "train",
+        valid=corpus / "valid",
+        tests=[corpus / "test"],
+        dest=dest,
+        config=cfg,
+        **kwargs,
+    )
+
+
+def test_round_trip_text_to_ids_and_back(corpus: Path, tmp_path: Path):
+    out = run(corpus, tmp_path / "d")
+    data = Dataset(out)
+    processor = spm.SentencePieceProcessor(model_file=str(out / "spm.model"))
+    for split in ("train", "valid", "test"):
+        pairs = data.split(split)
+        sources = (corpus / f"{split}.src").read_text().splitlines()
+        targets = (corpus / f"{split}.tgt").read_text().splitlines()
+        assert len(pairs) == len(sources)
+        for i in range(len(pairs)):
+            src, tgt = pairs[i]
+            assert processor.decode(src.tolist()) == sources[i]
+            assert processor.decode(tgt.tolist()) == targets[i]
+
+
+def test_manifest_records_everything(corpus: Path, tmp_path: Path):
+    out = run(corpus, tmp_path / "d")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["s2s_version"]
+    assert manifest["special_ids"] == SPECIAL_IDS == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
+    assert manifest["vocab_size"] == {"src": 48, "tgt": 48} and manifest["joint"] is True
+    assert manifest["dtype"] == "uint16"
+    train = manifest["splits"]["train"]
+    assert train["sentences"] == 600 and train["lines"] == 600
+    import hashlib
+
+    assert (
+        train["inputs"]["src"]["sha256"]
+        == hashlib.sha256((corpus / "train.src").read_bytes()).hexdigest()
+    )
+    assert train["tokens"]["tgt"] == int(Dataset(out).split("train").tgt_sizes.sum())
+    assert (out / "config.yaml").exists()  # the resolved config sits next to the output
+
+
+def test_gzip_input_gives_identical_dataset(corpus: Path, tmp_path: Path):
+    gz = tmp_path / "gz"
+    gz.mkdir()
+    for f in corpus.iterdir():
+        (gz / (f.name + ".gz")).write_bytes(gzip.compress(f.read_bytes()))
+    plain, zipped = run(corpus, tmp_path / "a"), run(gz, tmp_path / "b")
+    for name in ("train.src.bin", "train.tgt.bin", "test.tgt.idx", "spm.model"):
+        assert (plain / name).read_bytes() == (zipped / name).read_bytes()
+
+
+def test_separate_vocabularies(corpus: Path, tmp_path: Path):
+    out = run(corpus, tmp_path / "d", "data.joint=false", "data.vocab_size=40")
+    data = Dataset(out)
+    assert not data.joint
+    src_model = spm.SentencePieceProcessor(model_file=str(out / "spm.src.model"))
+    tgt_model = spm.SentencePieceProcessor(model_file=str(out / "spm.tgt.model"))
+    # lower-case source, upper-case target: separate models learn disjoint pieces
+    assert src_model.encode("one", out_type=str) != tgt_model.encode("one", out_type=str)
+    assert (
+        tgt_model.decode(data.split("valid").tgt[0].tolist())
+        == (corpus / "valid.tgt").read_text().splitlines()[0]
+    )
+
+
+def test_reusing_spm_model(corpus: Path, tmp_path: Path):
+    first = run(corpus, tmp_path / "a")
+    second = run(corpus, tmp_path / "b", spm_models=[first / "spm.model"])
+    assert (first / "train.src.bin").read_bytes() == (second / "train.src.bin").read_bytes()
+
+
+def test_filter_statistics(tmp_path: Path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    src = ["a b c", "", "a " * 30, "a", "b c"]
+    tgt = ["x y z", "x", "x", "x y z w v u t s r q", "y z"]
+    (raw / "train.src").write_text("\n".join(src) + "\n")
+    (raw / "train.tgt").write_text("\n".join(tgt) + "\n")
+    cfg = load_config(
+        overrides=["data.vocab_size=20", "data.max_length=25", "data.max_length_ratio=3"]
+    )
+    out = preprocess(
+        src_lang="src", tgt_lang="tgt", train=raw / "train", dest=tmp_path / "d", config=cfg
+    )
+    stats = json.loads((out / "manifest.json").read_text())["splits"]["train"]["filter"]
+    assert stats == {"kept": 2, "dropped": {"empty": 1, "too_long": 1, "ratio": 1}}
+    assert len(Dataset(out).split("train")) == 2
+
+
+def test_same_inputs_give_byte_identical_datasets(corpus: Path, tmp_path: Path):
+    a, b = run(corpus, tmp_path / "a"), run(corpus, tmp_path / "b")
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    for name in names:
+        if name != "manifest.json":  # the manifest records input paths, which differ here
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_existing_destination_needs_force(corpus: Path, tmp_path: Path):
+    out = run(corpus, tmp_path / "d")
+    marker = (out / "train.src.bin").read_bytes()
+    with pytest.raises(DataError, match="already exists"):
+        run(corpus, out)
+    assert (out / "train.src.bin").read_bytes() == marker
+    run(corpus, out, "data.vocab_size=40", force=True)
+    assert json.loads((out / "manifest.json").read_text())["vocab_size"]["src"] == 40
+
+
+def _leftovers(parent: Path, name: str) -> list[Path]:
+    return [p for p in parent.iterdir() if p.name.startswith((name, f".{name}"))]
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing", r"train\.src: no such file"),
+        ("counts", r"train\.src has 3 lines but .*train\.tgt has 2"),
+        ("utf8", r"train\.src: line 2: invalid UTF-8"),
+        ("empty", r"empty corpus"),
+        ("vocab", r"vocabulary size 5000 is larger than this corpus supports"),
+    ],
+)
+def test_bad_input_is_one_line_error_and_leaves_nothing(tmp_path: Path, case: str, message: str):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    src, tgt = b"a b\nc d\ne f\n", b"x\ny\nz\n"
+    if case == "counts":
+        tgt = b"x\ny\n"
+    if case == "utf8":
+        src = b"a b\n\xff\xfe broken\ne f\n"
+    if case == "empty":
+        src = tgt = b""
+    if case != "missing":
+        (raw / "train.src").write_bytes(src)
+        (raw / "train.tgt").write_bytes(tgt)
+    vocab = "5000" if case == "vocab" else "8"
+    cfg = load_config(overrides=[f"data.vocab_size={vocab}"])
+    with pytest.raises(DataError, match=message) as info:
+        preprocess(
+            src_lang="src", tgt_lang="tgt", train=raw / "train", dest=tmp_path / "out", config=cfg
+        )
+    assert "\n" not in str(info.value)
+    assert _leftovers(tmp_path, "out") == []
+
+
+def test_unwritable_destination(corpus: Path, tmp_path: Path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(DataError, match="cannot write the destination"):
+        run(corpus, blocker / "sub" / "d")
+
+
+def test_indexed_dataset_round_trip_dtype_and_pickling(tmp_path: Path):
+    sentences = [[5, 6, 7], [], [70000 % 65536, 9], [4]]
+    with IndexedWriter(tmp_path / "x", best_dtype(64)) as writer:
+        writer.add(sentences[:2])
+        writer.add(sentences[2:])
+    data = IndexedDataset(tmp_path / "x")
+    assert data.dtype == np.uint16 and len(data) == 4
+    assert [data[i].tolist() for i in range(4)] == sentences
+    assert data.sizes.tolist() == [3, 0, 2, 1]
+    clone = pickle.loads(pickle.dumps(data))
+    assert len(pickle.dumps(data)) < 300  # pickles as its path, not its contents
+    assert clone[2].tolist() == sentences[2]
+    assert best_dtype(70000) == np.int32
+
+
+def test_corrupt_index_is_a_data_error(tmp_path: Path):
+    (tmp_path / "x.idx").write_bytes(b"garbage!" * 4)
+    (tmp_path / "x.bin").write_bytes(b"")
+    with pytest.raises(DataError, match="not an s2s index file"):
+        IndexedDataset(tmp_path / "x")
+
+
+def test_sentence_sample_is_bounded_and_counts_duplicates():
+    sample = SentenceSample(limit=50)
+    for _ in range(10):
+        for i in range(40):
+            sample.add(f"sentence {i}")
+    assert len(sample) == 40 and sample.counts["sentence 3"] == 10
+    for i in range(1000):
+        sample.add(f"other {i}")
+    assert len(sample) <= 50
+
+
+def test_dataset_info_reports_lengths_and_unknown_rate(corpus: Path, tmp_path: Path):
+    out = run(corpus, tmp_path / "d")
+    info = dataset_info(out)
+    train = info["splits"]["train"]
+    assert train["sentences"] == 600
+    assert train["src"]["length"]["max"] >= train["src"]["length"]["p50"] > 0
+    assert train["src"]["unk_rate"] == 0.0
+    # a test set with an unseen character produces unknown pieces
+    raw = tmp_path / "raw2"
+    raw.mkdir()
+    (raw / "t.src").write_text("one ☃ two\n")
+    (raw / "t.tgt").write_text("TWO ONE\n")
+    cfg = load_config(overrides=["data.vocab_size=48"])
+    out2 = preprocess(
+        src_lang="src",
+        tgt_lang="tgt",
+        train=corpus / "train",
+        tests=[raw / "t"],
+        dest=tmp_path / "d2",
+        config=cfg,
+    )
+    assert dataset_info(out2)["splits"]["test"]["src"]["unk_rate"] > 0

@@ -1,0 +1,167 @@
+"""Search and Translator behaviour on a really trained tiny model."""
+
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
+import torch
+
+from s2s_cli import Translator
+from s2s_cli.config import DecodeConfig
+from s2s_cli.data.loader import source_tensor
+from s2s_cli.data.spm import BOS, EOS
+from s2s_cli.decoding.alignment import replace_unknowns
+from s2s_cli.decoding.beam import beam_search
+from s2s_cli.decoding.constraints import length_penalty
+from s2s_cli.decoding.greedy import greedy_search
+from s2s_cli.decoding.plot import attention_svg
+from s2s_cli.decoding.scorer import Ensemble
+
+from ..conftest import WORDS
+
+
+@pytest.fixture(scope="module")
+def translator(trained_checkpoint: Path) -> Translator:
+    return Translator.from_checkpoint(trained_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def sentences() -> list[str]:
+    import random
+
+    rng = random.Random(5)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 9))) for _ in range(40)]
+
+
+def test_the_trained_model_translates(translator, sentences):
+    out = translator.translate(sentences[:20], beam=5)
+    correct = sum(o == " ".join(reversed(s.split())).upper() for s, o in zip(sentences, out))
+    assert correct >= 16, out
+
+
+@pytest.mark.parametrize(("batch_size", "max_tokens"), [(1, None), (3, None), (64, None), (64, 30)])
+def test_batched_equals_one_sentence_at_a_time(translator, sentences, batch_size, max_tokens):
+    alone = [translator.translate_hypotheses([s], beam=5, nbest=3)[0] for s in sentences[:12]]
+    batched = translator.translate_hypotheses(
+        sentences[:12], beam=5, nbest=3, batch_size=batch_size, max_tokens=max_tokens
+    )
+    for a, b in zip(alone, batched):
+        assert [h.tokens for h in a.hypotheses] == [h.tokens for h in b.hypotheses]
+        for ha, hb in zip(a.hypotheses, b.hypotheses):
+            assert ha.score == pytest.approx(hb.score, abs=1e-4)
+
+
+def test_beam_one_equals_greedy_on_a_real_model(translator, sentences):
+    scorer = Ensemble(translator.models)
+    ids = [translator.src_spm.encode(s) for s in sentences]
+    src, lengths = source_tensor([torch.tensor(i).numpy() for i in ids])
+    cfg = DecodeConfig(beam=1, nbest=1)
+    with torch.no_grad():
+        beam = beam_search(scorer, src, lengths, cfg)
+        greedy = greedy_search(scorer, src, lengths, cfg)
+    for b, g in zip(beam, greedy):
+        assert b[0].tokens == g[0].tokens
+        assert b[0].score == pytest.approx(g[0].score, abs=1e-5)
+
+
+def test_nbest_lists_are_sorted_and_distinct(translator, sentences):
+    for result in translator.translate_hypotheses(sentences[:10], beam=6, nbest=6):
+        scores = [h.score for h in result.hypotheses]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h.tokens) for h in result.hypotheses}) == len(scores) == 6
+
+
+@pytest.mark.parametrize(("lenpen", "style"), [(0.0, "average"), (1.0, "average"), (0.6, "gnmt")])
+def test_reported_score_equals_forced_decoding_score(translator, sentences, lenpen, style):
+    model = translator.models[0]
+    for result in translator.translate_hypotheses(
+        sentences[:8], beam=4, nbest=2, lenpen=lenpen, lenpen_style=style
+    ):
+        src, lengths = source_tensor(
+            [torch.tensor(translator.src_spm.encode(result.source)).numpy()]
+        )
+        for hyp in result.hypotheses:
+            tgt_in = torch.tensor([[BOS, *hyp.tokens]])
+            target = torch.tensor([*hyp.tokens, EOS])
+            with torch.no_grad():
+                lprobs = torch.log_softmax(model(src, lengths, tgt_in)[0].float(), -1)
+            forced = float(lprobs.gather(1, target.unsqueeze(1)).sum())
+            expected = forced / length_penalty(len(target), lenpen, style)
+            assert hyp.score == pytest.approx(expected, abs=1e-4)
+
+
+def test_an_ensemble_of_a_model_with_itself_equals_the_model(
+    trained_checkpoint, translator, sentences
+):
+    pair = Translator.from_checkpoint([trained_checkpoint, trained_checkpoint], device="cpu")
+    single = translator.translate_hypotheses(sentences[:10], beam=5, nbest=2)
+    double = pair.translate_hypotheses(sentences[:10], beam=5, nbest=2)
+    for a, b in zip(single, double):
+        assert [h.tokens for h in a.hypotheses] == [h.tokens for h in b.hypotheses]
+        assert [h.score for h in a.hypotheses] == pytest.approx(
+            [h.score for h in b.hypotheses], abs=1e-5
+        )
+
+
+def test_empty_lines_and_order_are_preserved(translator, sentences):
+    lines = [sentences[0], "", sentences[1], "   ", sentences[2]]
+    out = translator.translate(lines, beam=3)
+    assert out[1] == "" and out[3] == ""
+    assert out[0] == translator.translate([sentences[0]], beam=3)[0]
+    assert out[4] == translator.translate([sentences[2]], beam=3)[0]
+
+
+def test_long_input_is_truncated_and_flagged(translator):
+    long_line = " ".join(["one two three"] * 20)
+    (result,) = translator.translate_hypotheses([long_line], max_source_len=10)
+    assert result.truncated and len(result.source_pieces) == 10
+    (short,) = translator.translate_hypotheses(["one two"], max_source_len=10)
+    assert not short.truncated
+
+
+def test_sampling_is_seeded_and_scored_by_the_model(translator, sentences):
+    def draw(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return translator.translate_hypotheses(
+            sentences[:5], sampling=True, nbest=3, temperature=1.5, generator=generator
+        )
+
+    a, b = draw(1), draw(1)
+    assert [[h.tokens for h in r.hypotheses] for r in a] == [
+        [h.tokens for h in r.hypotheses] for r in b
+    ]
+    for result in a:
+        assert len(result.hypotheses) == 3
+        for hyp in result.hypotheses:
+            assert hyp.score == pytest.approx(
+                sum(hyp.positional_scores) / len(hyp.positional_scores), abs=1e-5
+            )
+
+
+def test_alignment_and_attention_are_returned(translator):
+    (result,) = translator.translate_hypotheses(["one two three"], keep_attention=True, beam=3)
+    best = result.hypotheses[0]
+    assert best.attention.shape == (len(best.pieces) + 1, len(result.source_pieces) + 1)
+    assert torch.allclose(best.attention.sum(1), torch.ones(len(best.pieces) + 1), atol=1e-4)
+    assert len(best.alignment) == len(best.pieces)
+    assert all(0 <= s < len(result.source_pieces) for s, _ in best.alignment)
+    svg = attention_svg(
+        best.attention, [*result.source_pieces, "</s>"], [*best.pieces, "</s>"], "t"
+    )
+    root = ElementTree.fromstring(svg)
+    assert root.tag.endswith("svg")
+    assert len(root.findall("{http://www.w3.org/2000/svg}rect")) == best.attention.numel()
+
+
+def test_replace_unknowns_copies_the_aligned_source_piece():
+    out = replace_unknowns(
+        ["▁a", "<unk>", "▁c"], ["▁x", "▁Zürich", "▁y"], [(0, 0), (1, 1), (2, 2)], "<unk>"
+    )
+    assert out == ["▁a", "▁Zürich", "▁c"]
+
+
+def test_bf16_translation_agrees_with_fp32(translator, sentences):
+    fp32 = translator.translate(sentences[:20], beam=5)
+    bf16 = translator.translate(sentences[:20], beam=5, precision="bf16")
+    same = sum(a == b for a, b in zip(fp32, bf16))
+    assert same >= 17
