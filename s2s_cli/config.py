@@ -29,7 +29,7 @@ class DataConfig:
     src_lang: str | None = None  # source language suffix of the input files
     tgt_lang: str | None = None  # target language suffix of the input files
     vocab_size: int = 8000  # SentencePiece vocabulary size (per model)
-    spm_type: Literal["bpe", "unigram"] = "bpe"  # SentencePiece model type
+    spm_type: Literal["bpe", "unigram", "char", "word"] = "bpe"  # SentencePiece model type
     joint: bool = True  # one SentencePiece model shared by source and target
     character_coverage: float = 1.0  # share of characters SentencePiece must cover
     spm_sample_size: int = 2_000_000  # at most this many distinct sentences train SentencePiece
@@ -140,7 +140,7 @@ class TrainConfig:
     teacher_forcing_final: float | None = None  # ratio reached linearly at teacher_forcing_updates
     teacher_forcing_updates: int | None = None  # length of the teacher-forcing schedule
     validate_every: int | None = None  # validate every N updates (null: at each epoch's end)
-    validate_metric: Literal["bleu", "chrf", "loss"] = "bleu"  # picks the best checkpoint
+    validate_metric: Literal["bleu", "chrf", "accuracy", "loss"] = "bleu"  # picks the best
     valid_beam: int = 1  # beam size for validation translations (1 = greedy)
     valid_max_sentences: int | None = None  # translate at most this many validation sentences
     patience: int | None = None  # stop after N validations without improvement (null: never)

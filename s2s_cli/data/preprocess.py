@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import itertools
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,7 +24,7 @@ from s2s_cli.data import spm as spm_lib
 from s2s_cli.data.dataset import FORMAT, FORMAT_VERSION, MANIFEST
 from s2s_cli.data.indexed import IndexedWriter, best_dtype
 from s2s_cli.errors import ConfigError, DataError
-from s2s_cli.io import iter_lines, open_binary, resolve_text_file
+from s2s_cli.io import current_umask, iter_lines, open_binary, resolve_text_file
 from s2s_cli.version import __version__
 
 ProgressFn = Callable[[str, int, "int | None"], None]
@@ -92,7 +91,8 @@ def preprocess(
     progress = progress or (lambda split, done, total: None)
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a dataset is an ordinary directory
+    # mkdtemp makes the directory private; a dataset is an ordinary directory
+    tmp.chmod(0o777 & ~current_umask())
     try:
         manifest = _build(tmp, splits, src_lang, tgt_lang, cfg, spm_models, progress)
         manifest["config"] = {"data": {**config.data.__dict__}}
@@ -103,12 +103,6 @@ def preprocess(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _split_inputs(

@@ -111,6 +111,12 @@ class Decoder(nn.Module):
         """Whether training can run the whole target sequence in one RNN call."""
         return not self.input_feeding and not self.attend_first
 
+    def output_layer(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(inputs, weight, bias)``: ``logits = inputs @ weight.T + bias`` (for fused losses)."""
+        if self.pre_output is not None:
+            return self.pre_output(features), self.embedding.weight, self.output_bias
+        return features, self.output_weight, self.output_bias
+
     def project(self, features: Tensor) -> Tensor:
         """Output layer: features (any leading shape) -> logits over the target vocabulary."""
         if self.pre_output is not None:

@@ -131,13 +131,15 @@ class Reporter:
         if not self.enabled:
             return
         log.info(
-            "valid | update %d | epoch %d | loss %.3f | ppl %.2f | BLEU %.2f | chrF %.2f%s",
+            "valid | update %d | epoch %d | loss %.3f | ppl %.2f | BLEU %.2f | chrF %.2f | "
+            "exact %.1f%%%s",
             update,
             epoch,
             metrics["loss"],
             metrics["ppl"],
             metrics["bleu"],
             metrics["chrf"],
+            metrics["accuracy"],
             " | best" if best else "",
         )
         self._write({"kind": "valid", "update": update, "epoch": epoch, **metrics, "best": best})

@@ -14,7 +14,7 @@ from s2s_cli.data.spm import PAD
 from s2s_cli.decoding.search import autocast
 from s2s_cli.models.seq2seq import Seq2Seq
 from s2s_cli.training.distributed import DistributedContext, all_reduce_sum, all_reduce_tensor
-from s2s_cli.training.loss import label_smoothed_nll
+from s2s_cli.training.loss import ProjectedCrossEntropy
 
 
 class LossModule(nn.Module):
@@ -27,7 +27,7 @@ class LossModule(nn.Module):
     def __init__(self, model: Seq2Seq, label_smoothing: float) -> None:
         super().__init__()
         self.model = model
-        self.label_smoothing = label_smoothing
+        self.criterion = ProjectedCrossEntropy(label_smoothing)
 
     def forward(
         self,
@@ -39,8 +39,8 @@ class LossModule(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         features, _ = self.model.features(src, src_lengths, tgt_in, teacher_forcing)
         mask = tgt_out != PAD
-        logits = self.model.decoder.project(features[mask])
-        return label_smoothed_nll(logits, tgt_out[mask], self.label_smoothing)
+        inputs, weight, bias = self.model.decoder.output_layer(features[mask])
+        return self.criterion(inputs, weight, bias, tgt_out[mask])
 
 
 @dataclass

@@ -371,7 +371,7 @@ class TrainingRun:
         if not self.context.enabled:
             assert metrics is not None
             return metrics
-        keys = ["loss", "nll", "ppl", "bleu", "chrf", "sentences"]
+        keys = ["loss", "nll", "ppl", "bleu", "chrf", "accuracy", "sentences"]
         values = torch.zeros(len(keys), dtype=torch.float64, device=self.device)
         if metrics is not None:
             values += torch.tensor(

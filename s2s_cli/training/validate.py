@@ -19,7 +19,7 @@ from s2s_cli.io import read_lines
 from s2s_cli.models.seq2seq import Seq2Seq
 from s2s_cli.training.step import LossModule
 
-HIGHER_IS_BETTER = {"bleu": True, "chrf": True, "loss": False}
+HIGHER_IS_BETTER = {"bleu": True, "chrf": True, "accuracy": True, "loss": False}
 
 
 class Validator:
@@ -85,11 +85,13 @@ class Validator:
 
         bleu = sacrebleu.corpus_bleu(hypotheses, [self.references])
         chrf = sacrebleu.corpus_chrf(hypotheses, [self.references])
+        exact = sum(h == r for h, r in zip(hypotheses, self.references, strict=True))
         return {
             "loss": loss,
             "nll": nll,
             "ppl": math.exp(min(nll, 100.0)),
             "bleu": bleu.score,
             "chrf": chrf.score,
+            "accuracy": 100.0 * exact / max(self.count, 1),  # exact-match %
             "sentences": float(self.count),
         }

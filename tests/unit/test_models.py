@@ -186,12 +186,14 @@ def test_source_reversal_reads_backwards_but_keeps_output_order():
     src, lengths, _ = batch()
     with torch.no_grad():
         out_rev, _, final_rev, _ = backward.encoder(src, lengths)
-        # the same weights on a manually reversed source give the same final state...
-        flipped = reverse_padded(src, lengths)
+        # the same weights on a manually reversed source (EOS kept last) give the same state...
+        flipped = reverse_padded(src, lengths - 1)
+        last = (lengths - 1).unsqueeze(1)
+        assert torch.equal(flipped.gather(1, last), src.gather(1, last))
         out_fwd, _, final_fwd, _ = forward.encoder(flipped, lengths)
     assert torch.allclose(final_rev, final_fwd, atol=1e-6)
     # ...and outputs come back in the original order (position j <-> source token j)
-    assert torch.allclose(out_rev, reverse_padded(out_fwd, lengths), atol=1e-6)
+    assert torch.allclose(out_rev, reverse_padded(out_fwd, lengths - 1), atol=1e-6)
 
 
 def test_reverse_padded_leaves_padding_in_place():

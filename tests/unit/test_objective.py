@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from s2s_cli.config import TrainConfig
-from s2s_cli.training.loss import label_smoothed_nll
+from s2s_cli.training.loss import ProjectedCrossEntropy, label_smoothed_nll
 from s2s_cli.training.schedule import LearningRate
 
 
@@ -69,3 +69,52 @@ def test_plateau_halves_after_patience_and_state_round_trips():
     clone = schedule(lr=1.0, scheduler="plateau", plateau_factor=0.5, plateau_patience=1)
     clone.load_state_dict(lr.state_dict())
     assert clone.at(10) == 0.5 and clone.best == 11.0
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_projected_loss_equals_projection_then_reference_loss(eps):
+    torch.manual_seed(0)
+    inputs = torch.randn(600, 12, dtype=torch.float64, requires_grad=True)  # > one row chunk
+    weight = torch.randn(25, 12, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(25, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 25, (600,))
+    loss, nll = ProjectedCrossEntropy(eps)(inputs, weight, bias, target)
+    (loss * 0.3).backward()
+    fused = [t.grad.clone() for t in (inputs, weight, bias)]
+    for t in (inputs, weight, bias):
+        t.grad = None
+    expected, expected_nll = label_smoothed_nll(inputs @ weight.T + bias, target, eps)
+    (expected * 0.3).backward()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    assert float(nll) == pytest.approx(float(expected_nll), rel=1e-6)
+    for got, t in zip(fused, (inputs, weight, bias)):
+        assert torch.allclose(got, t.grad, atol=1e-9)
+
+
+def test_projected_loss_gradient_matches_finite_differences_and_reuse_is_guarded():
+    torch.manual_seed(0)
+    criterion = ProjectedCrossEntropy(0.1)
+    tensors = [
+        torch.randn(7, 4, dtype=torch.float64),
+        torch.randn(6, 4, dtype=torch.float64),
+        torch.randn(6, dtype=torch.float64),
+    ]
+    target = torch.randint(0, 6, (7,))
+    params = [t.clone().requires_grad_() for t in tensors]
+    criterion(*params, target)[0].backward()
+    for param, base in zip(params, tensors):
+        numeric = torch.zeros_like(base)
+        for i in range(base.numel()):
+            plus, minus = [t.clone() for t in tensors], [t.clone() for t in tensors]
+            which = next(k for k, t in enumerate(tensors) if t is base)
+            plus[which].view(-1)[i] += 1e-6
+            minus[which].view(-1)[i] -= 1e-6
+            numeric.view(-1)[i] = (
+                criterion(*plus, target)[0] - criterion(*minus, target)[0]
+            ) / 2e-6
+        assert torch.allclose(param.grad, numeric, atol=1e-6)
+    inputs, weight, bias = params
+    first, _ = criterion(inputs, weight, bias, target)
+    criterion(inputs, weight, bias, target)  # a second forward reuses the workspace...
+    with pytest.raises(RuntimeError, match="another forward ran before this backward"):
+        first.backward()  # ...so the first backward refuses to return a wrong gradient

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Forward+backward speed of the `fast` preset (fused decoder) against `luong` (step loop).
+
+Both at the benchmark size (embeddings 256, bi-LSTM 256 per direction, decoder 512, joint
+vocabulary 8000), on the same real Multi30k en-de batches of ~4,096 target tokens; the output
+projection and loss run outside the time loop in both. Measures model forward + backward only
+(no optimizer), fp32 and bf16, alternating the two presets batch by batch so machine noise hits
+both alike.
+
+    python benchmarks/model_step.py [--multi30k DIR] [--batches 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BENCH_MODEL, benchmark_dataset, data_dir_argument, gemm_rate, machine
+from train_throughput import flops_per_target_token
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    data_dir_argument(parser)
+    parser.add_argument("--batches", type=int, default=12)
+    args = parser.parse_args()
+
+    import torch
+
+    from s2s_cli.config import load_config
+    from s2s_cli.data.batching import make_batches
+    from s2s_cli.data.dataset import Dataset
+    from s2s_cli.data.loader import collate
+    from s2s_cli.decoding.search import autocast
+    from s2s_cli.models.build import build_model
+    from s2s_cli.training.step import LossModule
+
+    data_dir = benchmark_dataset(args.multi30k)
+    split = Dataset(data_dir).split("train")
+    order = make_batches(split.src_sizes + 1, split.tgt_sizes + 1, 4096, None, seed=1, epoch=1)
+    batches = [collate(split, b) for b in order[: args.batches + 2]]
+    models = {}
+    for preset in ("fast", "luong"):
+        cfg = load_config(overrides=[*BENCH_MODEL, f"model.preset={preset}"]).model
+        torch.manual_seed(0)
+        models[preset] = LossModule(build_model(cfg, 8000, 8000), 0.1)
+    device = torch.device("cpu")
+    ceilings = {"fp32": gemm_rate("fp32"), "bf16": gemm_rate("bf16")}
+    print(f"# machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"# matmul 2048^3: fp32 {ceilings['fp32']:.0f}, bf16 {ceilings['bf16']:.0f} GFLOP/s")
+    print("| precision | preset | fwd+bwd target tok/s | MFLOP/token | MFU | fast / luong |")
+    print("|---|---|---|---|---|---|")
+    for precision in ("fp32", "bf16"):
+        seconds = {name: 0.0 for name in models}
+        tokens = 0
+        for i, batch in enumerate(batches):
+            for name, objective in models.items():
+                start = time.perf_counter()
+                with autocast(device, precision):
+                    loss, _ = objective(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out)
+                loss.backward()
+                elapsed = time.perf_counter() - start
+                objective.zero_grad(set_to_none=True)
+                if i >= 2:  # the first two batches warm up kernels and caches
+                    seconds[name] += elapsed
+            tokens += batch.target_tokens if i >= 2 else 0
+        rates = {name: tokens / s for name, s in seconds.items()}
+        for name, rate in rates.items():
+            flops = flops_per_target_token(data_dir, input_feeding=name == "luong")
+            mfu = flops * rate / (ceilings[precision] * 1e9)
+            ratio = f"{rates['fast'] / rates['luong']:.2f}x" if name == "fast" else ""
+            print(f"| {precision} | {name} | {rate:,.0f} | {flops / 1e6:.1f} | {100 * mfu:.0f}% | {ratio} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
