@@ -125,7 +125,12 @@ def beam_search(
             piece_scores.index_select(0, keep).view(-1),
             step_attention,
         )
-        enc, state = scorer.select(enc, state, rows)
+        if keep.numel() < done.numel():  # sentences left: drop their encoder rows too
+            enc_rows = (keep * beam).repeat_interleave(beam)
+            enc, _ = scorer.select(enc, state, enc_rows)
+        # Beams of one sentence share its encoder rows, so reordering them leaves the encoder
+        # output unchanged: only the decoder state follows the chosen beams.
+        state = scorer.select_state(state, rows)
         step += 1
     return [_best(hyps, cfg.nbest) for hyps in finished]
 

@@ -26,6 +26,8 @@ class Scorer(Protocol):
 
     def select(self, enc: Any, state: Any, index: Tensor) -> tuple[Any, Any]: ...
 
+    def select_state(self, state: Any, index: Tensor) -> Any: ...
+
 
 class Ensemble:
     """One or more models with the same vocabularies, scored as one (averaged log-probs)."""
@@ -62,3 +64,6 @@ class Ensemble:
         self, encs: list[Any], states: list[Any], index: Tensor
     ) -> tuple[list[Any], list[Any]]:
         return [e.select(index) for e in encs], [s.select(index) for s in states]
+
+    def select_state(self, states: list[Any], index: Tensor) -> list[Any]:
+        return [s.select(index) for s in states]

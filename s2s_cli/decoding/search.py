@@ -77,14 +77,19 @@ def search_all(
     device: torch.device,
     keep_attention: bool = False,
     generator: torch.Generator | None = None,
+    use_autocast: bool = True,
 ) -> list[list[Hypothesis]]:
-    """Hypotheses for every sentence (piece ids, no EOS), in input order."""
+    """Hypotheses for every sentence (piece ids, no EOS), in input order.
+
+    Runs under autocast to ``cfg.precision`` unless ``use_autocast`` is off (for models whose
+    weights were already cast, which saves re-casting the RNN weights at every step).
+    """
     check_precision(device, cfg.precision, "decode.precision")
     results: list[list[Hypothesis]] = [[] for _ in sentences]
     lengths = [len(s) for s in sentences]
     for positions in length_sorted_batches(lengths, cfg.batch_size, cfg.max_tokens):
         src, src_lengths = source_tensor([np.asarray(sentences[p]) for p in positions])
-        with autocast(device, cfg.precision):
+        with autocast(device, cfg.precision if use_autocast else "fp32"):
             batch_results = search_batch(
                 scorer, src.to(device), src_lengths.to(device), cfg, keep_attention, generator
             )

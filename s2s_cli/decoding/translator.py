@@ -6,6 +6,7 @@ needs. Several checkpoints form an ensemble (their vocabularies must be identica
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from s2s_cli.data.spm import SPECIAL_PIECES, load_processor
 from s2s_cli.decoding.alignment import hard_alignment, replace_unknowns
 from s2s_cli.decoding.hypothesis import Hypothesis
 from s2s_cli.decoding.scorer import Ensemble
-from s2s_cli.decoding.search import search_all
+from s2s_cli.decoding.search import DTYPES, check_precision, search_all
 from s2s_cli.errors import CheckpointError, ConfigError
 
 
@@ -78,6 +79,7 @@ class Translator:
         self.tgt_spm = tgt_spm
         self.device = device
         self.scorer = Ensemble(models)
+        self._cast_scorers: dict[str, Ensemble] = {"fp32": self.scorer}
 
     @classmethod
     def from_checkpoint(
@@ -132,7 +134,8 @@ class Translator:
         pieces, truncated = self._encode(lines, cfg.max_source_len)
         todo = [i for i, p in enumerate(pieces) if p]
         hypotheses = search_all(
-            self.scorer, [pieces[i] for i in todo], cfg, self.device, keep_attention, generator
+            self._scorer(cfg.precision), [pieces[i] for i in todo], cfg, self.device,
+            keep_attention, generator, use_autocast=False,
         )
         found = dict(zip(todo, hypotheses, strict=True))
         results = []
@@ -143,6 +146,20 @@ class Translator:
                 hyps = [TranslatedHypothesis("", [], [], 0.0, [])]
             results.append(Translation(line, source_pieces, truncated[i], hyps))
         return results
+
+    def _scorer(self, precision: str) -> Ensemble:
+        """The ensemble with weights in ``precision`` (cast once, then reused).
+
+        Inference needs no float32 master weights, and pre-cast weights spare autocast from
+        converting every RNN weight at every decoding step.
+        """
+        if precision not in self._cast_scorers:
+            check_precision(self.device, precision, "decode.precision")
+            dtype = DTYPES[precision]
+            self._cast_scorers[precision] = Ensemble(
+                [copy.deepcopy(m).to(dtype) for m in self.models]
+            )
+        return self._cast_scorers[precision]
 
     def _encode(self, lines: Sequence[str], limit: int) -> tuple[list[list[int]], list[bool]]:
         encoded = self.src_spm.encode([line.strip() for line in lines], out_type=int)

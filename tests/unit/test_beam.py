@@ -45,6 +45,9 @@ class ScriptedScorer:
     def select(self, enc, state, index):
         return enc[index], state[index]
 
+    def select_state(self, state, index):
+        return state[index]
+
 
 def search(sentences=1, **cfg):
     src = torch.full((sentences, 5), 7)
