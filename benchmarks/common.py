@@ -33,7 +33,9 @@ def data_dir_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--multi30k",
         type=Path,
-        default=Path(os.environ.get("MULTI30K", HERE.parent.parent / "shared" / "data" / "multi30k")),
+        default=Path(
+            os.environ.get("MULTI30K", HERE.parent.parent / "shared" / "data" / "multi30k")
+        ),
         help="directory with Multi30k task-1 raw files (train.en.gz, ...); env MULTI30K",
     )
 
@@ -49,16 +51,36 @@ def benchmark_dataset(multi30k: Path, src: str = "en", tgt: str = "de") -> Path:
         return dest
     OUT.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [*s2s_command(), "preprocess", "--src-lang", src, "--tgt-lang", tgt,
-         "--train", str(multi30k / "train"), "--valid", str(multi30k / "val"),
-         "--test", str(multi30k / "test_2016_flickr"), "--vocab-size", "8000", "--workers", "2",
-         "--dest", str(dest), "--force"],
-        check=True, stdout=subprocess.DEVNULL,
+        [
+            *s2s_command(),
+            "preprocess",
+            "--src-lang",
+            src,
+            "--tgt-lang",
+            tgt,
+            "--train",
+            str(multi30k / "train"),
+            "--valid",
+            str(multi30k / "val"),
+            "--test",
+            str(multi30k / "test_2016_flickr"),
+            "--vocab-size",
+            "8000",
+            "--workers",
+            "2",
+            "--dest",
+            str(dest),
+            "--force",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     return dest
 
 
-def gemm_rate(dtype_name: str = "fp32", size: int = 2048, repeats: int = 8, trials: int = 3) -> float:
+def gemm_rate(
+    dtype_name: str = "fp32", size: int = 2048, repeats: int = 8, trials: int = 3
+) -> float:
     """Measured matmul GFLOP/s on this machine now (the ceiling MFU is reported against).
 
     The best of a few trials: a noisy neighbour only ever makes a trial slower.
@@ -91,7 +113,9 @@ def run_measured(args: list[str], **kwargs) -> tuple[float, float]:
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
         env = {**os.environ, "S2S_RSS_FILE": rss.name}
         start = time.perf_counter()
-        subprocess.run([sys.executable, str(HERE / "measure.py"), *args], check=True, env=env, **kwargs)
+        subprocess.run(
+            [sys.executable, str(HERE / "measure.py"), *args], check=True, env=env, **kwargs
+        )
         wall = time.perf_counter() - start
         peak_kib = int(rss.read().split()[-1])
     return wall, peak_kib / 1024

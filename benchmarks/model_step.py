@@ -72,8 +72,10 @@ def main() -> None:
             flops = flops_per_target_token(data_dir, input_feeding=name == "luong")
             mfu = flops * rate / (ceilings[precision] * 1e9)
             ratio = f"{rates['fast'] / rates['luong']:.2f}x" if name == "fast" else ""
-            print(f"| {precision} | {name} | {rate:,.0f} | {flops / 1e6:.1f} | {100 * mfu:.0f}% | {ratio} |",
-                  flush=True)
+            print(
+                f"| {precision} | {name} | {rate:,.0f} | {flops / 1e6:.1f} | {100 * mfu:.0f}% | {ratio} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -32,9 +32,27 @@ def replicate(multi30k: Path, out: Path, times: int) -> Path:
 
 
 def preprocess(train: Path, multi30k: Path, dest: Path) -> tuple[float, float]:
-    args = ["preprocess", "--src-lang", "en", "--tgt-lang", "de", "--train", str(train),
-            "--valid", str(multi30k / "val"), "--test", str(multi30k / "test_2016_flickr"),
-            "--vocab-size", "8000", "--joint", "--workers", "2", "--dest", str(dest), "--force"]
+    args = [
+        "preprocess",
+        "--src-lang",
+        "en",
+        "--tgt-lang",
+        "de",
+        "--train",
+        str(train),
+        "--valid",
+        str(multi30k / "val"),
+        "--test",
+        str(multi30k / "test_2016_flickr"),
+        "--vocab-size",
+        "8000",
+        "--joint",
+        "--workers",
+        "2",
+        "--dest",
+        str(dest),
+        "--force",
+    ]
     return run_measured(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -46,18 +64,24 @@ def main() -> None:
     print(f"# machine: {machine()}")
     with tempfile.TemporaryDirectory(prefix="s2s-bench-pre-") as tmp:
         tmp_path = Path(tmp)
-        corpora = {"Multi30k (1x)": args.multi30k / "train",
-                   "Multi30k train x10": replicate(args.multi30k, tmp_path / "x10", 10)}
+        corpora = {
+            "Multi30k (1x)": args.multi30k / "train",
+            "Multi30k train x10": replicate(args.multi30k, tmp_path / "x10", 10),
+        }
         results = {}
         for name, train in corpora.items():
             runs = [preprocess(train, args.multi30k, tmp_path / "out") for _ in range(args.repeats)]
             results[name] = (min(r[0] for r in runs), max(r[1] for r in runs))
             shutil.rmtree(tmp_path / "out", ignore_errors=True)
     base_rss = results["Multi30k (1x)"][1]
-    print(f"| corpus | wall time (best of {args.repeats}) | vs fairseq route (13 s) | peak RSS | RSS vs 1x |")
+    print(
+        f"| corpus | wall time (best of {args.repeats}) | vs fairseq route (13 s) | peak RSS | RSS vs 1x |"
+    )
     print("|---|---|---|---|---|")
     for name, (wall, rss) in results.items():
-        print(f"| {name} | {wall:.2f} s | {13.0 / wall:.1f}x faster | {rss:.0f} MB | {rss / base_rss:.2f}x |")
+        print(
+            f"| {name} | {wall:.2f} s | {13.0 / wall:.1f}x faster | {rss:.0f} MB | {rss / base_rss:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -59,13 +59,26 @@ def flops_per_target_token(data: Path, input_feeding: bool) -> float:
 def run_config(data: Path, overrides: list[str], updates: int, log_every: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="s2s-bench-") as save_dir:
         command = [
-            "train", "--data", str(data), "--save-dir", save_dir, "--device", "cpu",
-            *BENCH_MODEL, *overrides, "train.max_tokens=4096", f"train.max_updates={updates}",
-            f"train.log_every={log_every}", "train.validate_every=100000", "train.seed=1",
+            "train",
+            "--data",
+            str(data),
+            "--save-dir",
+            save_dir,
+            "--device",
+            "cpu",
+            *BENCH_MODEL,
+            *overrides,
+            "train.max_tokens=4096",
+            f"train.max_updates={updates}",
+            f"train.log_every={log_every}",
+            "train.validate_every=100000",
+            "train.seed=1",
             "train.valid_max_sentences=1",
         ]
         _, peak_mb = run_measured(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        rows = [json.loads(line) for line in (Path(save_dir) / "metrics.jsonl").read_text().splitlines()]
+        rows = [
+            json.loads(line) for line in (Path(save_dir) / "metrics.jsonl").read_text().splitlines()
+        ]
     windows = [r for r in rows if r["kind"] == "train"][1:]  # drop the warm-up window
     rate = sum(r["tokens_per_s"] for r in windows) / len(windows)
     padding = sum(r["padding"] for r in windows) / len(windows)
@@ -77,23 +90,35 @@ def main() -> None:
     data_dir_argument(parser)
     parser.add_argument("--updates", type=int, default=60)
     parser.add_argument("--log-every", type=int, default=10)
-    parser.add_argument("--only", nargs="*", help="run only configs whose name contains one of these")
+    parser.add_argument(
+        "--only", nargs="*", help="run only configs whose name contains one of these"
+    )
     args = parser.parse_args()
     data = benchmark_dataset(args.multi30k)
     ceilings = {"fp32": gemm_rate("fp32"), "bf16": gemm_rate("bf16")}
     print(f"# machine: {machine()}")
-    print(f"# matmul 2048^3: fp32 {ceilings['fp32']:.0f} GFLOP/s, bf16 {ceilings['bf16']:.0f} GFLOP/s")
-    print("| configuration | target tok/s | vs fairseq 1,847 | MFLOP/token | MFU (vs fp32 GEMM) | padding | peak RSS |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        f"# matmul 2048^3: fp32 {ceilings['fp32']:.0f} GFLOP/s, bf16 {ceilings['bf16']:.0f} GFLOP/s"
+    )
+    print(
+        "| configuration | target tok/s | vs fairseq 1,847 | MFLOP/token | MFU vs fp32 GEMM | MFU vs own-precision GEMM | padding | peak RSS |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for name, overrides in CONFIGS.items():
         if args.only and not any(o in name for o in args.only):
             continue
         result = run_config(data, overrides, args.updates, args.log_every)
         flops = flops_per_target_token(data, "feeding" in name)
         mfu = flops * result["tokens_per_s"] / (ceilings["fp32"] * 1e9)
-        print(f"| {name} | {result['tokens_per_s']:,.0f} | {result['tokens_per_s'] / 1847:.2f}x | "
-              f"{flops / 1e6:.1f} | {100 * mfu:.0f}% | {100 * result['padding']:.1f}% | "
-              f"{result['peak_rss_mb']:,.0f} MB |", flush=True)
+        own = (
+            flops * result["tokens_per_s"] / (ceilings["bf16" if "bf16" in name else "fp32"] * 1e9)
+        )
+        print(
+            f"| {name} | {result['tokens_per_s']:,.0f} | {result['tokens_per_s'] / 1847:.2f}x | "
+            f"{flops / 1e6:.1f} | {100 * mfu:.0f}% | {100 * own:.0f}% | {100 * result['padding']:.1f}% | "
+            f"{result['peak_rss_mb']:,.0f} MB |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import data_dir_argument, machine, run_measured
 
-PEERS = {"beam 5": 17.5, "greedy": 9.1}  # OpenNMT-py 3.5 onmt_translate, whole command, same machine
+PEERS = {
+    "beam 5": 17.5,
+    "greedy": 9.1,
+}  # OpenNMT-py 3.5 onmt_translate, whole command, same machine
 
 
 def bleu(hyp: Path, ref: list[str]) -> float:
@@ -38,14 +41,17 @@ def pieces(hyp: Path, checkpoint: Path) -> int:
 
     model = torch.load(checkpoint, weights_only=True, map_location="cpu")["spm"]["tgt"]
     processor = spm.SentencePieceProcessor(model_proto=model.numpy().tobytes())
-    return sum(len(ids) + 1 for ids in processor.encode(hyp.read_text(encoding="utf-8").splitlines()))
+    return sum(
+        len(ids) + 1 for ids in processor.encode(hyp.read_text(encoding="utf-8").splitlines())
+    )
 
 
 def breakdown(checkpoint: Path, source: list[str], beam: int, precision: str) -> dict[str, float]:
     """Where one run's time goes, measured in this process (start-up measured separately)."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch, s2s_cli.decoding.translator, s2s_cli.cli"],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-c", "import torch, s2s_cli.decoding.translator, s2s_cli.cli"], check=True
+    )
     startup = time.perf_counter() - start
 
     import torch
@@ -85,10 +91,13 @@ def breakdown(checkpoint: Path, source: list[str], beam: int, precision: str) ->
         start = time.perf_counter()
         translator.translate(source, beam=beam, batch_size=64, precision=precision)
         total = time.perf_counter() - start
-    return {"start-up (python, torch import)": startup, "model load": load,
-            "model arithmetic (encode + steps)": model_time[0],
-            "search bookkeeping (top-k, beams, penalties)": search_total[0] - model_time[0],
-            "text I/O (SentencePiece, sorting, detok)": total - search_total[0]}
+    return {
+        "start-up (python, torch import)": startup,
+        "model load": load,
+        "model arithmetic (encode + steps)": model_time[0],
+        "search bookkeeping (top-k, beams, penalties)": search_total[0] - model_time[0],
+        "text I/O (SentencePiece, sorting, detok)": total - search_total[0],
+    }
 
 
 def main() -> None:
@@ -97,9 +106,15 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, required=True)
     args = parser.parse_args()
     source_gz = args.multi30k / "test_2016_flickr.en.gz"
-    reference = gzip.decompress((args.multi30k / "test_2016_flickr.de.gz").read_bytes()).decode().splitlines()
+    reference = (
+        gzip.decompress((args.multi30k / "test_2016_flickr.de.gz").read_bytes())
+        .decode()
+        .splitlines()
+    )
     print(f"# machine: {machine()}")
-    print("| search | precision | seconds (whole command) | vs OpenNMT-py | sentences/s | target pieces/s | peak RSS | BLEU |")
+    print(
+        "| search | precision | seconds (whole command) | vs OpenNMT-py | sentences/s | target pieces/s | peak RSS | BLEU |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="s2s-bench-tr-") as tmp:
         src = Path(tmp) / "test2016.en"
@@ -109,18 +124,52 @@ def main() -> None:
             for precision in ("fp32", "bf16"):
                 out = Path(tmp) / f"{beam}-{precision}.de"
                 wall, rss = run_measured(
-                    ["translate", "-c", str(args.checkpoint), "-i", str(src), "-o", str(out),
-                     "--beam", str(beam), "--batch-size", "64", "--precision", precision, "--device", "cpu"],
+                    [
+                        "translate",
+                        "-c",
+                        str(args.checkpoint),
+                        "-i",
+                        str(src),
+                        "-o",
+                        str(out),
+                        "--beam",
+                        str(beam),
+                        "--batch-size",
+                        "64",
+                        "--precision",
+                        precision,
+                        "--device",
+                        "cpu",
+                    ],
                     stderr=subprocess.DEVNULL,
                 )
                 outputs[(beam, precision)] = out
                 n_pieces = pieces(out, args.checkpoint)
-                print(f"| {search_name} | {precision} | {wall:.2f} | {PEERS[search_name] / wall:.2f}x faster | "
-                      f"{len(reference) / wall:.0f} | {n_pieces / wall:,.0f} | {rss:.0f} MB | "
-                      f"{bleu(out, reference):.2f} |", flush=True)
+                print(
+                    f"| {search_name} | {precision} | {wall:.2f} | {PEERS[search_name] / wall:.2f}x faster | "
+                    f"{len(reference) / wall:.0f} | {n_pieces / wall:,.0f} | {rss:.0f} MB | "
+                    f"{bleu(out, reference):.2f} |",
+                    flush=True,
+                )
         single = Path(tmp) / "batch1.de"
-        run_measured(["translate", "-c", str(args.checkpoint), "-i", str(src), "-o", str(single),
-                      "--beam", "5", "--batch-size", "1", "--device", "cpu"], stderr=subprocess.DEVNULL)
+        run_measured(
+            [
+                "translate",
+                "-c",
+                str(args.checkpoint),
+                "-i",
+                str(src),
+                "-o",
+                str(single),
+                "--beam",
+                "5",
+                "--batch-size",
+                "1",
+                "--device",
+                "cpu",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
         same = single.read_bytes() == outputs[(5, "fp32")].read_bytes()
         print(f"\nbatch size 1 vs 64 (beam 5, fp32): {'identical' if same else 'DIFFERENT'} output")
         lines = src.read_text(encoding="utf-8").splitlines()

@@ -21,7 +21,9 @@ def curves(task_dir: Path) -> dict[str, list[tuple[float, float]]]:
         rows = [json.loads(line) for line in (variant / "metrics.jsonl").read_text().splitlines()]
         valid = [r for r in rows if r["kind"] == "valid"]
         # validations at an epoch's end are logged with the next epoch number
-        result[variant.name] = [(r["epoch"] - 1 if r["epoch"] > 1 else r["update"], r["accuracy"]) for r in valid]
+        result[variant.name] = [
+            (r["epoch"] - 1 if r["epoch"] > 1 else r["update"], r["accuracy"]) for r in valid
+        ]
     return result
 
 
@@ -40,14 +42,21 @@ def order_of(task_dir: Path) -> list[str]:
 def table(task_dir: Path, data: dict[str, list[tuple[float, float]]]) -> str:
     epochs = max(len(c) for c in data.values())
     shown = sorted({1, 2, 3, 5, 10, epochs} & set(range(1, epochs + 1)))
-    head = "| variant | " + " | ".join(f"epoch {e}" for e in shown) + " | test exact match (s2s translate) | wall time |"
+    head = (
+        "| variant | "
+        + " | ".join(f"epoch {e}" for e in shown)
+        + " | test exact match (s2s translate) | wall time |"
+    )
     lines = [head, "|" + "---|" * (len(shown) + 3)]
     for variant in order_of(task_dir):
         curve = data[variant]
         cells = [f"{curve[e - 1][1]:.2f}%" if e <= len(curve) else "" for e in shown]
         wall = int((task_dir / variant / "wall_seconds").read_text())
-        lines.append(f"| {variant} | " + " | ".join(cells)
-                     + f" | **{translate_accuracy(task_dir, variant):.2f}%** | {wall} s |")
+        lines.append(
+            f"| {variant} | "
+            + " | ".join(cells)
+            + f" | **{translate_accuracy(task_dir, variant):.2f}%** | {wall} s |"
+        )
     return "\n".join(lines)
 
 
@@ -56,20 +65,28 @@ def svg_plot(data: dict[str, list[tuple[float, float]]], title: str) -> str:
     epochs = max(len(c) for c in data.values())
     x = lambda e: left + (e - 1) / max(epochs - 1, 1) * (width - left - right)  # noqa: E731
     y = lambda a: top + (100 - a) / 100 * (height - top - bottom)  # noqa: E731
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'font-family="sans-serif" font-size="12">',
-             f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="14">{title}</text>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'font-family="sans-serif" font-size="12">',
+        f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="14">{title}</text>',
+    ]
     for a in range(0, 101, 20):
-        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y(a)}" y2="{y(a)}" stroke="#ddd"/>'
-                     f'<text x="{left - 6}" y="{y(a) + 4}" text-anchor="end">{a}%</text>')
+        parts.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{y(a)}" y2="{y(a)}" stroke="#ddd"/>'
+            f'<text x="{left - 6}" y="{y(a) + 4}" text-anchor="end">{a}%</text>'
+        )
     for e in range(1, epochs + 1, max(1, epochs // 10)):
         parts.append(f'<text x="{x(e)}" y="{height - bottom + 16}" text-anchor="middle">{e}</text>')
-    parts.append(f'<text x="{(width - right + left) / 2}" y="{height - 8}" text-anchor="middle">epoch</text>')
+    parts.append(
+        f'<text x="{(width - right + left) / 2}" y="{height - 8}" text-anchor="middle">epoch</text>'
+    )
     for i, (variant, curve) in enumerate(data.items()):
         color = COLORS[i % len(COLORS)]
         points = " ".join(f"{x(j + 1):.1f},{y(acc):.1f}" for j, (_, acc) in enumerate(curve))
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{points}"/>')
-        parts.append(f'<text x="{width - right + 10}" y="{top + 16 * i + 10}" fill="{color}">{variant}</text>')
+        parts.append(
+            f'<text x="{width - right + 10}" y="{top + 16 * i + 10}" fill="{color}">{variant}</text>'
+        )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 

@@ -19,7 +19,7 @@ stderr = Console(stderr=True, highlight=False)
 OverridesArg = Annotated[
     list[str] | None,
     typer.Argument(
-        metavar="[KEY=VALUE]...", help="Config overrides, e.g. train.lr=0.001", show_default=False
+        metavar="KEY=VALUE", help="Config overrides, e.g. train.lr=0.001", show_default=False
     ),
 ]
 ConfigOpt = Annotated[

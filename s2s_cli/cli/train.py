@@ -16,7 +16,7 @@ def train(
     args: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="[CONFIG.yaml] [KEY=VALUE]...",
+            metavar="[CONFIG.yaml] KEY=VALUE",
             help="Optional YAML config, then overrides such as train.lr=0.001 model.preset=luong.",
             show_default=False,
         ),

@@ -134,8 +134,13 @@ class Translator:
         pieces, truncated = self._encode(lines, cfg.max_source_len)
         todo = [i for i, p in enumerate(pieces) if p]
         hypotheses = search_all(
-            self._scorer(cfg.precision), [pieces[i] for i in todo], cfg, self.device,
-            keep_attention, generator, use_autocast=False,
+            self._scorer(cfg.precision),
+            [pieces[i] for i in todo],
+            cfg,
+            self.device,
+            keep_attention,
+            generator,
+            use_autocast=False,
         )
         found = dict(zip(todo, hypotheses, strict=True))
         results = []

@@ -122,10 +122,14 @@ class Reporter:
         w.reset()
 
     def _eta(self, update: int, elapsed: float) -> float | None:
-        if not self.total_updates or update <= self._first_update:
-            return None
-        rate = (update - self._first_update) / elapsed
-        return (self.total_updates - update) / rate if rate > 0 else None
+        """Seconds left: by the update limit, or by train.max_minutes, whichever ends sooner."""
+        estimates = []
+        if self.time_left_s is not None:
+            estimates.append(max(0.0, self.time_left_s - elapsed))
+        if self.total_updates and update > self._first_update:
+            rate = (update - self._first_update) / elapsed
+            estimates.append((self.total_updates - update) / rate)
+        return min(estimates) if estimates else None
 
     def validation(self, update: int, epoch: int, metrics: dict[str, float], best: bool) -> None:
         if not self.enabled:
@@ -153,8 +157,9 @@ class Reporter:
                 if isinstance(value, (int, float)) and key not in ("update", "kind"):
                     self._tb.add_scalar(f"{prefix}/{key}", value, record["update"])
 
-    def start(self, update: int) -> None:
+    def start(self, update: int, time_left_s: float | None = None) -> None:
         self._first_update = update
+        self.time_left_s = time_left_s
         self.started = time.perf_counter()
         self.window.reset()
         if self._progress is not None:
@@ -188,6 +193,7 @@ class Reporter:
         self._task = self._progress.add_task("training", total=self.total_updates)
 
     _first_update = 0
+    time_left_s: float | None = None
 
 
 def _tensorboard_writer(path: Path) -> Any:

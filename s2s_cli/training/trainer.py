@@ -233,7 +233,8 @@ class TrainingRun:
 
     def fit(self) -> Path:
         self._install_signal_handlers()
-        self.reporter.start(self.updates)
+        budget = self.cfg.train.max_minutes
+        self.reporter.start(self.updates, 60 * budget - self.train_seconds if budget else None)
         started = time.perf_counter()
         try:
             while not self._finished():

@@ -1,0 +1,123 @@
+"""Reference pages generated from the code itself: the CLI (from Typer) and the config keys.
+
+``python scripts/gen_docs.py`` (``make docs``) writes ``docs/cli.md`` and
+``docs/configuration.md``; a test fails when the committed pages differ from what this produces.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from s2s_cli.config import PRESET_DIR, SECTIONS, config_reference
+
+MARKUP = re.compile(r"\[/?[a-z ]*\]")
+SECTION_TITLES = {
+    "data": "`data`: preprocessing (`s2s preprocess`)",
+    "model": "`model`: architecture (see [models.md](models.md))",
+    "train": "`train`: optimisation, batching, validation, checkpoints (`s2s train`)",
+    "decode": "`decode`: search (`s2s translate`, validation)",
+}
+
+
+def _plain(text: str | None) -> str:
+    return MARKUP.sub("", text or "").strip()
+
+
+def cli_markdown() -> str:
+    import typer
+
+    from s2s_cli.cli import app
+
+    group = typer.main.get_command(app)
+    lines = [
+        "# Command-line reference",
+        "",
+        "Generated from the commands' own `--help` by `make docs`; do not edit by hand.",
+        "Exit codes: 0 success, 1 data/runtime/checkpoint error, 2 usage or configuration",
+        "error, 130 interrupted (SIGINT; 143 for SIGTERM during training). Data goes to stdout,",
+        "logs to stderr.",
+        "",
+    ]
+    ctx = group.make_context("s2s", [], resilient_parsing=True)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        sub = command.make_context(name, [], parent=ctx, resilient_parsing=True)
+        usage = " ".join(command.collect_usage_pieces(sub))
+        lines += [f"## `s2s {name}`", "", f"```\ns2s {name} {usage}\n```", ""]
+        lines += [_plain(command.help).replace("\n\n", "\n\n"), ""]
+        rows = []
+        for param in command.params:
+            if param.name == "help":
+                continue
+            if param.param_type_name == "argument":
+                flags = f"`{param.metavar or param.name.upper()}`"
+            else:
+                metavar = (
+                    ""
+                    if getattr(param, "is_flag", False) or not param.metavar
+                    else f" {param.metavar}"
+                )
+                flags = ", ".join(f"`{o}{metavar}`" for o in param.opts)
+                flags += "".join(f", `{o}`" for o in param.secondary_opts)
+            help_text = _plain(getattr(param, "help", None)).replace("|", "\\|")
+            default = param.default
+            shown = (
+                ""
+                if default in (None, False, (), []) or param.required
+                else f" (default: `{default}`)"
+            )
+            rows.append(f"| {flags} | {help_text}{shown} |")
+        if rows:
+            lines += ["| argument / option | meaning |", "|---|---|", *rows, ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def configuration_markdown() -> str:
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `s2s_cli/config.py` by `make docs`; do not edit by hand.",
+        "",
+        "A config is YAML with up to four sections; every key is optional and defaults as",
+        "below. On the command line, `SECTION.KEY=VALUE` overrides a key (`train.lr=0.002`),",
+        "values parsed as YAML (`null`, `true`, `[0.9, 0.98]`). Unknown keys, wrong types and",
+        "invalid choices are errors that name the key. `model.preset` loads a named architecture",
+        "that other `model.*` keys override. Each run writes its resolved config (`config.yaml`)",
+        "next to its output.",
+        "",
+    ]
+    rows_by_section: dict[str, list[tuple[str, str, str, str]]] = {s: [] for s in SECTIONS}
+    for key, type_text, default, comment in config_reference():
+        rows_by_section[key.split(".")[0]].append((key, type_text, default, comment))
+    for section, rows in rows_by_section.items():
+        lines += [
+            f"## {SECTION_TITLES[section]}",
+            "",
+            "| key | type | default | meaning |",
+            "|---|---|---|---|",
+        ]
+        for key, type_text, default, comment in rows:
+            cells = [f"`{key}`", _cell(type_text), f"`{default}`", _cell(comment)]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Presets", "", "`model.preset` values (files in `s2s_cli/presets/`):", ""]
+    for path in sorted(PRESET_DIR.glob("*.yaml")):
+        summary = " ".join(
+            line.lstrip("# ").strip()
+            for line in path.read_text().splitlines()
+            if line.startswith("#")
+        )
+        lines.append(f"- `{path.stem}`: {summary}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def generated_pages(root: Path) -> dict[Path, str]:
+    return {
+        root / "docs" / "cli.md": cli_markdown(),
+        root / "docs" / "configuration.md": configuration_markdown(),
+    }
