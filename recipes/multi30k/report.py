@@ -44,8 +44,10 @@ def main() -> None:
     ]
     valid = [(r["update"], r["bleu"]) for r in rows if r["kind"] == "valid"]
     minutes = int((work / "train_seconds").read_text()) / 60
+    chosen = (work / "chosen_checkpoint").read_text().strip()
     print(
-        f"\n{pair}, {work.name}: averaged last 5 checkpoints, beam 5; trained {minutes:.1f} min "
+        f"\n{pair}, {work.name}: {chosen}.pt (the better of averaged/best on validation), beam 5; "
+        f"trained {minutes:.1f} min "
         f"on {platform.machine()} ({len(valid)} validations, best valid BLEU "
         f"{max(b for _, b in valid):.2f})\n"
     )

@@ -105,6 +105,22 @@ def test_checkpoint_is_plain_data_and_reloads_identically(tiny_dataset, tmp_path
         )
 
 
+def test_any_corrupt_checkpoint_is_a_one_line_error(tmp_path, trained_checkpoint):
+    import random
+
+    rng = random.Random(0)
+    good = trained_checkpoint.read_bytes()
+    for i in range(30):
+        path = tmp_path / f"bad{i}.pt"
+        if i % 2:
+            path.write_bytes(bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 3000))))
+        else:  # a truncated real checkpoint
+            path.write_bytes(good[: rng.randint(0, len(good) - 1)])
+        with pytest.raises(CheckpointError, match="not a readable s2s checkpoint") as info:
+            load_checkpoint(path)
+        assert "\n" not in str(info.value)
+
+
 def test_checkpoint_format_version_mismatch(tmp_path):
     save_checkpoint({"config": {}}, tmp_path / "x.pt")
     payload = torch.load(tmp_path / "x.pt", weights_only=True)
