@@ -69,7 +69,7 @@ class ModelConfig:
     attention_placement: Literal["luong", "bahdanau"] = "luong"  # after (luong) or before the RNN
     input_feeding: bool = False  # feed the previous attentional vector into the next step
     peeky: bool = False  # feed the encoder summary to every decoder step and the output layer
-    bridge: Literal["zero", "last", "bridge"] = "last"  # decoder initial state
+    bridge: Literal["zero", "last", "last_hidden", "bridge"] = "last"  # decoder initial state
     reverse_source: bool = False  # read the source backwards (Sutskever et al. 2014)
     tie_embeddings: bool = False  # share target input embeddings with the output layer
     share_embeddings: bool = False  # share source and target embeddings (joint vocabulary)
@@ -91,12 +91,13 @@ class ModelConfig:
                 f"model.attention: '{self.attention}' needs encoder output size ({enc}) == "
                 f"model.hidden_size ({self.hidden_size}); use 'general' or 'additive'"
             )
-        if self.bridge == "last" and (
+        if self.bridge in ("last", "last_hidden") and (
             enc != self.hidden_size or self.encoder_layers != self.decoder_layers
         ):
             raise ConfigError(
-                "model.bridge: 'last' needs equal encoder and decoder sizes and layer counts "
-                f"(got {enc}x{self.encoder_layers} vs {self.hidden_size}x{self.decoder_layers}); "
+                f"model.bridge: '{self.bridge}' needs equal encoder and decoder sizes and layer "
+                f"counts (got {enc}x{self.encoder_layers} vs {self.hidden_size}x"
+                f"{self.decoder_layers}); "
                 "use 'bridge' or 'zero'"
             )
 

@@ -1,6 +1,6 @@
 """Reference pages generated from the code itself: the CLI (from Typer) and the config keys.
 
-``python scripts/gen_docs.py`` (``make docs``) writes ``docs/cli.md`` and
+``python scripts/gen_docs.py`` (``make docs``) writes ``docs/cli/*.md`` and
 ``docs/configuration.md``; a test fails when the committed pages differ from what this produces.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from s2s_cli.config import PRESET_DIR, SECTIONS, config_reference
 
-MARKUP = re.compile(r"\[/?[a-z ]*\]")
+MARKUP = re.compile(r"\[/?(?:bold|italic|dim|red|green|yellow|cyan|magenta|blue|underline)?\]")
 SECTION_TITLES = {
     "data": "`data`: preprocessing (`s2s preprocess`)",
     "model": "`model`: architecture (see [models.md](models.md))",
@@ -24,53 +24,68 @@ def _plain(text: str | None) -> str:
     return MARKUP.sub("", text or "").strip()
 
 
-def cli_markdown() -> str:
+def cli_pages() -> dict[str, str]:
+    """``{file name: markdown}``: an index plus one page per subcommand, from the Typer app."""
     import typer
 
     from s2s_cli.cli import app
 
     group = typer.main.get_command(app)
-    lines = [
+    ctx = group.make_context("s2s", [], resilient_parsing=True)
+    index = [
         "# Command-line reference",
         "",
         "Generated from the commands' own `--help` by `make docs`; do not edit by hand.",
+        "",
         "Exit codes: 0 success, 1 data/runtime/checkpoint error, 2 usage or configuration",
         "error, 130 interrupted (SIGINT; 143 for SIGTERM during training). Data goes to stdout,",
-        "logs to stderr.",
+        "logs and progress to stderr. `s2s --version` prints the version.",
         "",
+        "| command | purpose |",
+        "|---|---|",
     ]
-    ctx = group.make_context("s2s", [], resilient_parsing=True)
+    pages = {}
     for name in group.list_commands(ctx):
         command = group.get_command(ctx, name)
-        sub = command.make_context(name, [], parent=ctx, resilient_parsing=True)
-        usage = " ".join(command.collect_usage_pieces(sub))
-        lines += [f"## `s2s {name}`", "", f"```\ns2s {name} {usage}\n```", ""]
-        lines += [_plain(command.help).replace("\n\n", "\n\n"), ""]
-        rows = []
-        for param in command.params:
-            if param.name == "help":
-                continue
-            if param.param_type_name == "argument":
-                flags = f"`{param.metavar or param.name.upper()}`"
-            else:
-                metavar = (
-                    ""
-                    if getattr(param, "is_flag", False) or not param.metavar
-                    else f" {param.metavar}"
-                )
-                flags = ", ".join(f"`{o}{metavar}`" for o in param.opts)
-                flags += "".join(f", `{o}`" for o in param.secondary_opts)
-            help_text = _plain(getattr(param, "help", None)).replace("|", "\\|")
-            default = param.default
-            shown = (
-                ""
-                if default in (None, False, (), []) or param.required
-                else f" (default: `{default}`)"
-            )
-            rows.append(f"| {flags} | {help_text}{shown} |")
-        if rows:
-            lines += ["| argument / option | meaning |", "|---|---|", *rows, ""]
-    return "\n".join(lines).rstrip() + "\n"
+        summary = _plain(command.help).split("\n\n")[0].replace("\n", " ")
+        index.append(f"| [`s2s {name}`]({name}.md) | {summary} |")
+        pages[f"{name}.md"] = _command_page(name, command, ctx)
+    pages["index.md"] = "\n".join(index) + "\n"
+    return pages
+
+
+def _command_page(name: str, command, ctx) -> str:  # command, ctx: Typer's click objects
+    sub = command.make_context(name, [], parent=ctx, resilient_parsing=True)
+    usage = " ".join(command.collect_usage_pieces(sub))
+    lines = [
+        f"# `s2s {name}`",
+        "",
+        "Generated from `s2s " + name + " --help` by `make docs`.",
+        "",
+        f"```\ns2s {name} {usage}\n```",
+        "",
+        _plain(command.help),
+        "",
+    ]
+    rows = []
+    for param in command.params:
+        if param.name == "help":
+            continue
+        if param.param_type_name == "argument":
+            flags = f"`{param.metavar or param.name.upper()}`"
+        else:
+            flag = getattr(param, "is_flag", False)
+            metavar = "" if flag or not param.metavar else f" {param.metavar}"
+            flags = ", ".join(f"`{o}{_cell(metavar)}`" for o in param.opts)
+            flags += "".join(f", `{o}`" for o in param.secondary_opts)
+        help_text = _cell(_plain(getattr(param, "help", None)))
+        default = param.default
+        hidden = default in (None, False, (), []) or param.required
+        rows.append(f"| {flags} | {help_text}{'' if hidden else f' (default: `{default}`)'} |")
+    if rows:
+        lines += ["| argument / option | meaning |", "|---|---|", *rows, ""]
+    lines += ["See also: [all commands](index.md), [configuration](../configuration.md).", ""]
+    return "\n".join(lines)
 
 
 def configuration_markdown() -> str:
@@ -117,7 +132,6 @@ def _cell(text: str) -> str:
 
 
 def generated_pages(root: Path) -> dict[Path, str]:
-    return {
-        root / "docs" / "cli.md": cli_markdown(),
-        root / "docs" / "configuration.md": configuration_markdown(),
-    }
+    pages = {root / "docs" / "cli" / name: text for name, text in cli_pages().items()}
+    pages[root / "docs" / "configuration.md"] = configuration_markdown()
+    return pages

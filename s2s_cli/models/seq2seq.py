@@ -20,7 +20,9 @@ from s2s_cli.models.encoder import Encoder, EncoderOut
 
 
 class Bridge(nn.Module):
-    """Decoder initial state from the encoder's final state: ``zero``, ``last`` or ``bridge``.
+    """Decoder initial state from the encoder's final state: ``zero``, ``last``, ``last_hidden``
+    (the final hidden state with a zero LSTM cell, as in Saito's reference implementation) or
+    ``bridge``.
 
     ``bridge`` is a learned ``tanh(W s + b)`` from the encoder summary to every decoder layer, so
     encoder and decoder may differ in size, layer count and direction.
@@ -44,6 +46,9 @@ class Bridge(nn.Module):
         batch = enc.outputs.size(0)
         if self.kind == "last":
             return enc.final_hidden, enc.final_cell if self.has_cell else None
+        if self.kind == "last_hidden":  # the hidden state only; an LSTM cell starts at zero
+            cell = torch.zeros_like(enc.final_hidden) if self.has_cell else None
+            return enc.final_hidden, cell
         if self.kind == "zero":
             zeros = enc.outputs.new_zeros(self.layers, batch, self.hidden_size)
             return zeros, zeros if self.has_cell else None

@@ -48,7 +48,7 @@ GRID = list(
         ["luong", "bahdanau"],
         [False, True],
         [False, True],
-        ["zero", "last", "bridge"],
+        ["zero", "last", "last_hidden", "bridge"],
     )
 )
 
@@ -234,6 +234,11 @@ def test_bridge_last_uses_the_encoder_final_state_and_zero_is_zero():
         enc = last.encode(src, lengths)
         state = last.init_state(enc)
     assert torch.equal(state.hidden, enc.final_hidden) and torch.equal(state.cell, enc.final_cell)
+    last_hidden = model_for(bridge="last_hidden")
+    with torch.no_grad():
+        enc = last_hidden.encode(src, lengths)
+        state = last_hidden.init_state(enc)
+    assert torch.equal(state.hidden, enc.final_hidden) and torch.all(state.cell == 0)
     zero = model_for(bridge="zero")
     with torch.no_grad():
         assert torch.all(zero.init_state(zero.encode(src, lengths)).hidden == 0)
