@@ -74,6 +74,7 @@ class ModelConfig:
     tie_embeddings: bool = False  # share target input embeddings with the output layer
     share_embeddings: bool = False  # share source and target embeddings (joint vocabulary)
     dropout: float = 0.2  # dropout on embeddings, between layers and before the output layer
+    embed_init_std: float | None = None  # embedding init N(0, std); null: 1/sqrt(embed_dim)
 
     def __post_init__(self) -> None:
         _positive(self, "model", "embed_dim", "hidden_size", "encoder_layers", "decoder_layers")
@@ -81,6 +82,8 @@ class ModelConfig:
             raise ConfigError(f"model.encoder_hidden_size: {self.encoder_hidden_size} must be > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: {self.dropout} is not in [0, 1)")
+        if self.embed_init_std is not None and self.embed_init_std <= 0:
+            raise ConfigError(f"model.embed_init_std: {self.embed_init_std} must be > 0 or null")
         enc = self.encoder_output_size
         if self.bidirectional and enc % 2:
             raise ConfigError(

@@ -7,6 +7,11 @@ dates:    many human date formats ("september 27, 1994", "2/10/93",
           "TUESDAY, SEPTEMBER 25, 1984", ...) -> "1994-09-27", 50,000 examples, 45,000 / 5,000
           (the task of ch. 8).
 
+Like the reference data, every problem is padded to a fixed width (addition: 7 characters in,
+4 out; dates: 29 in), with "_" instead of the reference's spaces because SentencePiece folds
+runs of spaces. The padding matters: on the same model and data, the fixed-width format learns
+about ten times faster than unpadded variable-length text (see README.md).
+
 Usage: make_data.py {addition,dates} OUT_DIR [--seed N] [--size N]
        -> OUT_DIR/{train,test}.{src,tgt}
 """
@@ -35,9 +40,12 @@ MONTHS = [
 DAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 
 
+PAD = "_"
+
+
 def addition(rng: random.Random) -> tuple[str, str]:
     a, b = rng.randint(0, 999), rng.randint(0, 999)
-    return f"{a}+{b}", str(a + b)
+    return f"{a}+{b}".ljust(7, PAD), str(a + b).ljust(4, PAD)
 
 
 def _casing(text: str, rng: random.Random) -> str:
@@ -71,7 +79,7 @@ def dates(rng: random.Random) -> tuple[str, str]:
     first = datetime.date(1950, 1, 1).toordinal()
     last = datetime.date(2049, 12, 31).toordinal()
     day = datetime.date.fromordinal(rng.randint(first, last))
-    return human_date(day, rng), day.isoformat()
+    return human_date(day, rng).ljust(29, PAD), day.isoformat()
 
 
 def main() -> None:

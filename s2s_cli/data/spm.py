@@ -84,6 +84,9 @@ def train_model(
                 model_writer=model,
                 vocab_size=vocab_size,
                 model_type=model_type,
+                # Character models (digits, dates, ...) gain nothing from a "▁" before every
+                # sequence; spaces inside still become "▁" pieces, so decoding is unchanged.
+                add_dummy_prefix=model_type != "char",
                 character_coverage=character_coverage,
                 pad_id=PAD,
                 unk_id=UNK,

@@ -14,7 +14,8 @@ from s2s_cli.models.seq2seq import Bridge, Seq2Seq
 
 def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
     """Build the model the config describes (choices were validated when the config loaded)."""
-    src_embedding = _embedding(src_vocab_size, cfg.embed_dim)
+    std = cfg.embed_init_std or cfg.embed_dim**-0.5
+    src_embedding = _embedding(src_vocab_size, cfg.embed_dim, std)
     if cfg.share_embeddings:
         if src_vocab_size != tgt_vocab_size:
             raise ConfigError(
@@ -23,7 +24,7 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> S
             )
         tgt_embedding = src_embedding
     else:
-        tgt_embedding = _embedding(tgt_vocab_size, cfg.embed_dim)
+        tgt_embedding = _embedding(tgt_vocab_size, cfg.embed_dim, std)
     encoder = Encoder(
         src_embedding,
         cfg.cell,
@@ -52,9 +53,11 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> S
     return Seq2Seq(encoder, decoder, bridge)
 
 
-def _embedding(vocab_size: int, dim: int) -> nn.Embedding:
+def _embedding(vocab_size: int, dim: int, std: float) -> nn.Embedding:
+    # 1/sqrt(dim) suits tied output layers (logits start small); small untied models learn
+    # markedly faster from N(0, 1) (model.embed_init_std: 1.0; see recipes/toy/README.md).
     embedding = nn.Embedding(vocab_size, dim, padding_idx=PAD)
-    nn.init.normal_(embedding.weight, std=dim**-0.5)
+    nn.init.normal_(embedding.weight, std=std)
     nn.init.zeros_(embedding.weight[PAD])
     return embedding
 
