@@ -75,6 +75,7 @@ class ModelConfig:
     share_embeddings: bool = False  # share source and target embeddings (joint vocabulary)
     dropout: float = 0.2  # dropout on embeddings, between layers and before the output layer
     embed_init_std: float | None = None  # embedding init N(0, std); null: 1/sqrt(embed_dim)
+    weight_init: Literal["pytorch", "lecun_normal"] = "pytorch"  # lecun_normal: N(0, 1/fan_in)
 
     def __post_init__(self) -> None:
         _positive(self, "model", "embed_dim", "hidden_size", "encoder_layers", "decoder_layers")

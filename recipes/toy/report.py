@@ -43,14 +43,22 @@ def table(task_dir: Path, data: dict[str, list[tuple[float, float]]]) -> str:
     epochs = max(len(c) for c in data.values())
     shown = sorted({1, 2, 3, 5, 10, epochs} & set(range(1, epochs + 1)))
     head = (
-        "| variant | "
+        "| variant | first epoch >= 90% | best (epoch) | mean of last 5 epochs | "
         + " | ".join(f"epoch {e}" for e in shown)
         + " | test exact match (s2s translate) | wall time |"
     )
-    lines = [head, "|" + "---|" * (len(shown) + 3)]
+    lines = [head, "|" + "---|" * (len(shown) + 6)]
     for variant in order_of(task_dir):
         curve = data[variant]
-        cells = [f"{curve[e - 1][1]:.2f}%" if e <= len(curve) else "" for e in shown]
+        accuracies = [acc for _, acc in curve]
+        passing = next((i + 1 for i, acc in enumerate(accuracies) if acc >= 90.0), None)
+        best = max(range(len(accuracies)), key=lambda i: accuracies[i])
+        cells = [
+            str(passing) if passing else "never",
+            f"{accuracies[best]:.2f}% ({best + 1})",
+            f"{sum(accuracies[-5:]) / len(accuracies[-5:]):.2f}%",
+            *(f"{curve[e - 1][1]:.2f}%" if e <= len(curve) else "" for e in shown),
+        ]
         wall = int((task_dir / variant / "wall_seconds").read_text())
         lines.append(
             f"| {variant} | "

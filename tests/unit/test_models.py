@@ -269,3 +269,22 @@ def test_attention_keys_are_projected_once_per_sentence(monkeypatch):
     src, lengths, tgt_in = batch()
     step_logits(model, src, lengths, tgt_in)
     assert len(calls) == 1
+
+
+def test_lecun_normal_init_scales_by_fan_in_and_leaves_embeddings_alone():
+    cfg = {"embed_dim": 64, "hidden_size": 256, "attention": "additive", "bridge": "bridge"}
+    default, lecun = model_for(**cfg), model_for(weight_init="lecun_normal", **cfg)
+    lecun_params = dict(lecun.named_parameters())
+    checked = 0
+    for name, param in default.named_parameters():
+        new = lecun_params[name]
+        if "embedding" in name:  # same seed, same embedding init, padding row still zero
+            assert torch.equal(new, param) and not new[PAD].any()
+        elif new.dim() == 1:
+            assert not new.any(), name
+        elif new.numel() >= 4096:  # big enough for a tight estimate of the spread
+            assert new.std().item() == pytest.approx(new.shape[1] ** -0.5, rel=0.1), name
+            if ".rnn" in name:  # PyTorch's default there is uniform(+-1/sqrt(hidden))
+                assert new.std().item() != pytest.approx(param.std().item(), rel=0.1), name
+            checked += 1
+    assert checked >= 5
