@@ -91,7 +91,7 @@ def noun_phrase(rng: random.Random, case: str) -> tuple[str, str]:
     for adjective in rng.sample(list(ADJECTIVES), k=rng.choice([0, 0, 1, 1, 2])):
         words_en.append(adjective)
         words_de.append(ADJECTIVES[adjective] + (WEAK if definite else MIXED)[(case, gender)])
-    return " ".join(words_en + [noun]), " ".join(words_de + [german])
+    return " ".join([*words_en, noun]), " ".join([*words_de, german])
 
 
 def clause(rng: random.Random) -> tuple[list[str], list[str], str]:
