@@ -4,7 +4,7 @@
 #
 #   MULTI30K=/path/to/multi30k/data/task1/raw recipes/multi30k/run.sh [en-de|de-en] [CONFIG.yaml]
 #
-# CONFIG defaults to cpu-90min.yaml (the best model 2 CPU cores train in ~90 minutes);
+# CONFIG defaults to cpu-90min.yaml (the best model 2 CPU cores train in at most 90 minutes);
 # cpu-15min.yaml is the 15-minute one, gpu.yaml a bigger model for a GPU. Environment: WORK (default
 # recipes/multi30k/work), QUICK=1 for the short CI variant (a few hundred updates), EXTRA for more
 # KEY=VALUE overrides, VOCAB_SIZE (joint BPE, default 8000). Prints a results table and writes a plot of validation BLEU over training.

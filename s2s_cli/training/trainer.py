@@ -258,6 +258,11 @@ class TrainingRun:
                 f"{self.save_dir / LAST} (run the same command again to resume)",
                 130 if self.stop_signal == signal.SIGINT else 143,
             )
+        log.info(
+            "training stopped after %d updates: %s",
+            self.updates,
+            self._limit_reached(self.train_seconds) or "stopping rule met",
+        )
         best = self.save_dir / BEST
         return best if best.exists() else self.save_dir / LAST
 
@@ -320,29 +325,35 @@ class TrainingRun:
     # -- stopping --------------------------------------------------------------------------------
 
     def _finished(self) -> bool:
-        t = self.cfg.train
-        return (
-            (t.max_updates is not None and self.updates >= t.max_updates)
-            or (t.max_epochs is not None and self.epoch > t.max_epochs)
-            or (t.patience is not None and self.bad_validations >= t.patience)
-            or (t.max_minutes is not None and self.train_seconds >= 60 * t.max_minutes)
-        )
+        return self._limit_reached(self.train_seconds) is not None
 
     def _stop_now(self, started: float) -> bool:
         elapsed = self.train_seconds + time.perf_counter() - started
-        t = self.cfg.train
-        out_of_time = t.max_minutes is not None and elapsed >= 60 * t.max_minutes
         signalled = any_rank(self.stop_signal is not None, self.context, self.device)
         if signalled and self.stop_signal is None:
             self.stop_signal = signal.SIGTERM
-        if out_of_time:
-            self.train_seconds = max(self.train_seconds, 60 * t.max_minutes)
-        return (
-            signalled
-            or out_of_time
-            or (t.max_updates is not None and self.updates >= t.max_updates)
-            or (t.patience is not None and self.bad_validations >= t.patience)
-        )
+        limit = self._limit_reached(elapsed)
+        max_minutes = self.cfg.train.max_minutes
+        if max_minutes is not None and elapsed >= 60 * max_minutes:
+            self.train_seconds = max(self.train_seconds, 60 * max_minutes)
+        return signalled or limit is not None
+
+    def _limit_reached(self, elapsed: float) -> str | None:
+        """Which stopping rule holds, in words, or None to keep training."""
+        t = self.cfg.train
+        if t.max_updates is not None and self.updates >= t.max_updates:
+            return f"train.max_updates={t.max_updates} reached"
+        if t.max_epochs is not None and self.epoch > t.max_epochs:
+            return f"train.max_epochs={t.max_epochs} done"
+        if t.patience is not None and self.bad_validations >= t.patience:
+            best = self.best
+            return (
+                f"no better validation {best['metric']} in {t.patience} validations "
+                f"(train.patience); best {best['value']:.2f} at update {best['update']}"
+            )
+        if t.max_minutes is not None and elapsed >= 60 * t.max_minutes:
+            return f"train.max_minutes={t.max_minutes:g} reached"
+        return None
 
     # -- validation and checkpoints -------------------------------------------------------------
 

@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -254,7 +255,8 @@ def test_periodic_checkpoints_keep_last_k_and_average(tiny_dataset, tmp_path):
     assert "optimizer" not in load_checkpoint(out)
 
 
-def test_validation_tracks_the_best_checkpoint_and_early_stops(tiny_dataset, tmp_path):
+def test_validation_tracks_the_best_checkpoint_and_early_stops(tiny_dataset, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="s2s_cli")
     best = run(
         tiny_dataset,
         tmp_path,
@@ -270,6 +272,12 @@ def test_validation_tracks_the_best_checkpoint_and_early_stops(tiny_dataset, tmp
     best_row = min(valid, key=lambda r: r["loss"])
     assert load_checkpoint(best)["progress"]["updates"] == best_row["update"]
     assert best.name == "checkpoint_best.pt"
+    # the log says which rule ended training, with the best score it is measured against
+    stops = [r.getMessage() for r in caplog.records if "training stopped" in r.getMessage()]
+    assert stops == [
+        f"training stopped after {valid[-1]['update']} updates: no better validation loss in 2 "
+        f"validations (train.patience); best {best_row['loss']:.2f} at update {best_row['update']}"
+    ]
 
 
 @pytest.mark.slow
