@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # e.g. make TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu" (see DEVELOPERS.md).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast lint format docs bench clean
+.PHONY: setup demo test test-fast test-gpu lint format docs bench clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The CUDA tests (they skip without a GPU; S2S_GPU_TESTS_ON_CPU=1 checks them on the CPU).
+test-gpu: setup
+	$(BIN)/python -m pytest -q -m gpu tests/gpu
 
 lint: setup
 	$(BIN)/ruff check .

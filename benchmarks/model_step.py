@@ -34,7 +34,7 @@ def main() -> None:
     from s2s_cli.data.batching import make_batches
     from s2s_cli.data.dataset import Dataset
     from s2s_cli.data.loader import collate
-    from s2s_cli.decoding.search import autocast
+    from s2s_cli.device import autocast
     from s2s_cli.models.build import build_model
     from s2s_cli.training.step import LossModule
 

@@ -65,6 +65,7 @@ class ModelConfig:
     encoder_layers: int = 1  # stacked encoder RNN layers
     decoder_layers: int = 1  # stacked decoder RNN layers
     bidirectional: bool = True  # bidirectional encoder (each direction gets half the size)
+    bidirectional_layers: int | None = None  # bottom encoder layers read both ways (null: all)
     attention: Literal["none", "dot", "scaled_dot", "general", "additive"] = "general"  # scoring
     attention_placement: Literal["luong", "bahdanau"] = "luong"  # after (luong) or before the RNN
     input_feeding: bool = False  # feed the previous attentional vector into the next step
@@ -79,6 +80,13 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "model", "embed_dim", "hidden_size", "encoder_layers", "decoder_layers")
+        if self.bidirectional_layers is not None and not (
+            0 <= self.bidirectional_layers <= self.encoder_layers
+        ):
+            raise ConfigError(
+                f"model.bidirectional_layers: {self.bidirectional_layers} is not in "
+                f"[0, model.encoder_layers={self.encoder_layers}] (null: all layers)"
+            )
         if self.encoder_hidden_size is not None and self.encoder_hidden_size <= 0:
             raise ConfigError(f"model.encoder_hidden_size: {self.encoder_hidden_size} must be > 0")
         if not 0.0 <= self.dropout < 1.0:

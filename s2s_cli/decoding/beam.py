@@ -34,7 +34,7 @@ from s2s_cli.decoding.scorer import Scorer
 class _Beams:
     """Live hypotheses, ``rows = len(sentences) * beam`` of them."""
 
-    sentences: Tensor  # n: original sentence index of each active sentence
+    sentences: list[int]  # n: original sentence index of each active sentence (host side)
     tokens: Tensor  # rows x (t + 1), BOS first
     scores: Tensor  # n x beam cumulative log-probabilities (-inf: dead)
     piece_scores: Tensor  # rows x t log-probability of each emitted piece
@@ -45,7 +45,7 @@ class _Beams:
     def select(
         self,
         rows: Tensor,
-        keep: Tensor,
+        keep: list[int],
         scores: Tensor,
         tokens: Tensor,
         piece_scores: Tensor,
@@ -61,7 +61,7 @@ class _Beams:
                 dim=1,
             )
         return _Beams(
-            self.sentences.index_select(0, keep),
+            [self.sentences[i] for i in keep],
             torch.cat([self.tokens.index_select(0, rows), tokens.unsqueeze(1)], dim=1),
             scores,
             torch.cat([self.piece_scores.index_select(0, rows), piece_scores.unsqueeze(1)], dim=1),
@@ -93,7 +93,7 @@ def beam_search(
     scores = torch.full((batch, beam), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: keep one so hypotheses stay distinct
     beams = _Beams(
-        sentences=torch.arange(batch, device=device),
+        sentences=list(range(batch)),
         tokens=torch.full((batch * beam, 1), BOS, dtype=torch.long, device=device),
         scores=scores,
         piece_scores=torch.zeros(batch * beam, 0, device=device),
@@ -105,34 +105,59 @@ def beam_search(
     )
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     step = 0
-    while beams.sentences.numel():
+    while beams.sentences:
         lprobs, state, step_attention = scorer.step(beams.tokens[:, -1], state, enc)
         lprobs = constrain_step(lprobs, step, beams.max_len, cfg.min_len)
         if cfg.no_repeat_ngram:
             lprobs = block_repeated_ngrams(lprobs, beams.tokens[:, 1:], cfg.no_repeat_ngram)
         top_scores, top_rows, top_tokens = _top_candidates(beams.scores, lprobs, beam)
-        _finalize(finished, beams, top_scores, top_rows, top_tokens, lprobs, step_attention, cfg)
         next_scores, next_rows, next_tokens = _next_beams(top_scores, top_rows, top_tokens, beam)
-        done = _sentence_done(finished, beams, next_scores, step, beam)
-        keep = (~done).nonzero(as_tuple=True)[0]
-        rows = next_rows.index_select(0, keep).view(-1)
+        # The step's one wait on the device: which extensions end in EOS, which sentences can
+        # go no further. Everything else stays on the device.
+        ending, stuck = _step_flags(beams, top_scores, top_tokens, next_scores, step, beam)
+        _finalize(finished, beams, ending, top_scores, top_rows, lprobs, step_attention, cfg)
+        keep = [
+            i
+            for i, sentence in enumerate(beams.sentences)
+            if not stuck[i] and len(finished[sentence]) < beam
+        ]
         piece_scores = lprobs[next_rows.view(-1), next_tokens.view(-1)].view_as(next_scores)
+        if len(keep) < len(beams.sentences):
+            index = torch.tensor(keep, dtype=torch.long, device=device)
+            next_scores, next_rows = next_scores[index], next_rows[index]
+            next_tokens, piece_scores = next_tokens[index], piece_scores[index]
+        # rows: the live hypotheses' parent rows, beam per kept sentence, in sentence order
+        rows = next_rows.view(-1)
         beams = beams.select(
-            rows,
-            keep,
-            next_scores.index_select(0, keep),
-            next_tokens.index_select(0, keep).view(-1),
-            piece_scores.index_select(0, keep).view(-1),
-            step_attention,
+            rows, keep, next_scores, next_tokens.view(-1), piece_scores.view(-1), step_attention
         )
-        if keep.numel() < done.numel():  # sentences left: drop their encoder rows too
-            enc_rows = (keep * beam).repeat_interleave(beam)
+        if keep and len(keep) < len(stuck):  # sentences left: drop their encoder rows too
+            enc_rows = (torch.tensor(keep, device=device) * beam).repeat_interleave(beam)
             enc, _ = scorer.select(enc, state, enc_rows)
         # Beams of one sentence share its encoder rows, so reordering them leaves the encoder
         # output unchanged: only the decoder state follows the chosen beams.
         state = scorer.select_state(state, rows)
         step += 1
     return [_best(hyps, cfg.nbest) for hyps in finished]
+
+
+def _step_flags(
+    beams: _Beams,
+    top_scores: Tensor,
+    top_tokens: Tensor,
+    next_scores: Tensor,
+    step: int,
+    beam: int,
+) -> tuple[list[tuple[int, int]], list[bool]]:
+    """(sentence, rank) of the EOS extensions within the top ``beam``, and per sentence whether
+    it reached its length limit or has no live beam left; one device-to-host copy."""
+    ending = (top_tokens[:, :beam] == EOS) & torch.isfinite(top_scores[:, :beam])
+    limit_reached = beams.max_len.view(-1, beam)[:, 0] <= step
+    no_live = ~torch.isfinite(next_scores).any(dim=1)
+    flags = torch.cat([ending.flatten(), limit_reached | no_live]).tolist()
+    n = len(beams.sentences)
+    positions = [(k // beam, k % beam) for k in range(n * beam) if flags[k]]
+    return positions, flags[n * beam :]
 
 
 def _top_candidates(scores: Tensor, lprobs: Tensor, beam: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -147,39 +172,53 @@ def _top_candidates(scores: Tensor, lprobs: Tensor, beam: int) -> tuple[Tensor, 
 def _finalize(
     finished: list[list[Hypothesis]],
     beams: _Beams,
+    ending: list[tuple[int, int]],
     top_scores: Tensor,
     top_rows: Tensor,
-    top_tokens: Tensor,
     lprobs: Tensor,
     step_attention: Tensor | None,
     cfg: DecodeConfig,
 ) -> None:
-    """Move EOS extensions ranked within the top ``beam`` to their sentence's finished list."""
+    """Move EOS extensions ranked within the top ``beam`` to their sentence's finished list.
+
+    ``ending`` holds (sentence, rank) pairs, best rank first per sentence; a sentence takes them
+    until it has ``beam`` hypotheses. Their rows are copied to the host together.
+    """
     beam = cfg.beam
-    ending = (top_tokens[:, :beam] == EOS) & torch.isfinite(top_scores[:, :beam])
-    if not bool(ending.any()):
+    taken: list[tuple[int, int]] = []
+    room = {}
+    for i, j in ending:
+        sentence = beams.sentences[i]
+        room.setdefault(sentence, beam - len(finished[sentence]))
+        if room[sentence] > 0:
+            room[sentence] -= 1
+            taken.append((i, j))
+    if not taken:
         return
-    for i, j in ending.nonzero().tolist():
-        sentence = int(beams.sentences[i])
-        if len(finished[sentence]) >= beam:
-            continue
-        row = int(top_rows[i, j])
-        tokens = beams.tokens[row, 1:].tolist()
-        pieces = [*beams.piece_scores[row].tolist(), float(lprobs[row, EOS])]
-        attention = None
-        if beams.attention is not None and step_attention is not None:
-            src_len = int(beams.src_len[row])
-            attention = (
-                torch.cat([beams.attention[row], step_attention[row].unsqueeze(0)], dim=0)[
-                    :, :src_len
-                ]
-                .float()
-                .cpu()
-            )
-        score = float(top_scores[i, j]) / length_penalty(len(pieces), cfg.lenpen, cfg.lenpen_style)
+    width = top_scores.size(1)
+    flat = torch.tensor([i * width + j for i, j in taken], device=top_scores.device)
+    rows = top_rows.view(-1).index_select(0, flat)
+    scores = top_scores.view(-1).index_select(0, flat).tolist()
+    tokens = beams.tokens.index_select(0, rows)[:, 1:].tolist()
+    pieces = torch.cat(
+        [beams.piece_scores.index_select(0, rows), lprobs.index_select(0, rows)[:, EOS, None]],
+        dim=1,
+    ).tolist()
+    attentions: list[Tensor | None] = [None] * len(taken)
+    if beams.attention is not None and step_attention is not None:
+        full = torch.cat(
+            [beams.attention.index_select(0, rows), step_attention.index_select(0, rows)[:, None]],
+            dim=1,
+        )
+        src_len = beams.src_len.index_select(0, rows).tolist()
+        full = full.float().cpu()
+        attentions = [full[k, :, : src_len[k]] for k in range(len(taken))]
+    for k, (i, _) in enumerate(taken):
+        score = scores[k] / length_penalty(len(pieces[k]), cfg.lenpen, cfg.lenpen_style)
+        attention = attentions[k]
         if attention is not None:
             score += coverage_penalty(attention, cfg.coverage_penalty)
-        finished[sentence].append(Hypothesis(tokens, score, pieces, attention))
+        finished[beams.sentences[i]].append(Hypothesis(tokens[k], score, pieces[k], attention))
 
 
 def _next_beams(
@@ -197,20 +236,6 @@ def _next_beams(
         order = torch.cat([order, order[:, :1].expand(-1, pad)], dim=1)
         scores = torch.cat([scores, scores.new_full((scores.size(0), pad), float("-inf"))], dim=1)
     return scores, top_rows.gather(1, order), top_tokens.gather(1, order)
-
-
-def _sentence_done(
-    finished: list[list[Hypothesis]], beams: _Beams, next_scores: Tensor, step: int, beam: int
-) -> Tensor:
-    """Per active sentence: ``beam`` hypotheses found, length limit hit, or no live beam left."""
-    limit_reached = beams.max_len.view(-1, beam)[:, 0] <= step
-    no_live = ~torch.isfinite(next_scores).any(dim=1)
-    counts = torch.tensor(
-        [len(finished[int(s)]) >= beam for s in beams.sentences.tolist()],
-        dtype=torch.bool,
-        device=next_scores.device,
-    )
-    return counts | limit_reached | no_live
 
 
 def _best(hypotheses: list[Hypothesis], nbest: int) -> list[Hypothesis]:

@@ -30,10 +30,14 @@ def constrain_step(lprobs: Tensor, step: int, max_len: Tensor, min_len: int) -> 
     if step < min_len:
         lprobs[:, EOS] = float("-inf")
     at_limit = max_len <= step
-    if bool(at_limit.any()):
-        eos_scores = lprobs[at_limit, EOS].clone()
-        lprobs[at_limit] = float("-inf")
-        lprobs[at_limit, EOS] = torch.where(torch.isfinite(eos_scores), eos_scores, 0.0)
+    # On the CPU the check is free and usually spares a pass over the scores; on CUDA it would
+    # make every step wait for the device, so the masked update always runs there.
+    if lprobs.device.type == "cpu" and not bool(at_limit.any()):
+        return lprobs
+    eos_scores = lprobs[:, EOS].clone()
+    lprobs.masked_fill_(at_limit.unsqueeze(1), float("-inf"))
+    forced = torch.where(torch.isfinite(eos_scores), eos_scores, 0.0)
+    lprobs[:, EOS] = torch.where(at_limit, forced, eos_scores)
     return lprobs
 
 

@@ -45,21 +45,26 @@ def single_path_search(
     choose: ChooseFn,
     keep_attention: bool = False,
 ) -> list[list[Hypothesis]]:
-    """Extend one hypothesis per row with ``choose`` until EOS; finished rows leave the batch."""
+    """Extend one hypothesis per row with ``choose`` until EOS; finished rows leave the batch.
+
+    Per step the host learns only which rows ended (one small device-to-host copy); the finished
+    rows' pieces and scores come back together when they leave, so on CUDA the step loop does
+    not wait on the device otherwise.
+    """
     batch = src.size(0)
     device = src.device
     keep_attention = keep_attention or cfg.coverage_penalty != 0.0
     enc = scorer.encode(src, src_lengths)
     state = scorer.init_state(enc)
-    rows = torch.arange(batch, device=device)
+    rows = list(range(batch))  # original sentence of each live row (host side)
+    src_len = src_lengths.tolist()
     tokens = torch.full((batch, 1), BOS, dtype=torch.long, device=device)
     piece_scores = torch.zeros(batch, 0, device=device)
     attention = torch.zeros(batch, 0, src.size(1), device=device) if keep_attention else None
     max_len = max_lengths(src_lengths - 1, cfg.max_len_a, cfg.max_len_b)
-    src_len = src_lengths
     results: list[list[Hypothesis]] = [[] for _ in range(batch)]
     step = 0
-    while rows.numel():
+    while rows:
         lprobs, state, step_attention = scorer.step(tokens[:, -1], state, enc)
         lprobs = constrain_step(lprobs, step, max_len, cfg.min_len)
         if cfg.no_repeat_ngram:
@@ -70,15 +75,25 @@ def single_path_search(
         if attention is not None and step_attention is not None:
             attention = torch.cat([attention, step_attention.float().unsqueeze(1)], dim=1)
         ended = (chosen == EOS) | (max_len <= step) | ~torch.isfinite(piece_scores[:, -1])
-        for i in ended.nonzero(as_tuple=True)[0].tolist():
-            hyp_attention = None if attention is None else attention[i, :, : int(src_len[i])].cpu()
-            results[int(rows[i])] = [
-                _hypothesis(tokens[i, 1:], piece_scores[i], hyp_attention, cfg)
-            ]
-        if bool(ended.any()):
-            keep = (~ended).nonzero(as_tuple=True)[0]
-            rows, tokens, piece_scores = rows[keep], tokens[keep], piece_scores[keep]
-            max_len, src_len = max_len[keep], src_len[keep]
+        ended_rows = ended.nonzero(as_tuple=True)[0].tolist()  # the step's one wait on the device
+        if ended_rows:
+            index = torch.tensor(ended_rows, device=device)
+            done_tokens = tokens.index_select(0, index)[:, 1:].tolist()
+            done_scores = piece_scores.index_select(0, index).tolist()
+            done_attention = None if attention is None else attention.index_select(0, index).cpu()
+            for k, i in enumerate(ended_rows):
+                hyp_attention = (
+                    None if done_attention is None else done_attention[k, :, : src_len[i]]
+                )
+                results[rows[i]] = [_hypothesis(done_tokens[k], done_scores[k], hyp_attention, cfg)]
+            ended_set = set(ended_rows)
+            live = [i for i in range(len(rows)) if i not in ended_set]
+            rows = [rows[i] for i in live]
+            src_len = [src_len[i] for i in live]
+            if not rows:
+                break
+            keep = torch.tensor(live, device=device)
+            tokens, piece_scores, max_len = tokens[keep], piece_scores[keep], max_len[keep]
             attention = None if attention is None else attention[keep]
             enc, state = scorer.select(enc, state, keep)
         step += 1
@@ -86,12 +101,11 @@ def single_path_search(
 
 
 def _hypothesis(
-    emitted: Tensor, piece_scores: Tensor, attention: Tensor | None, cfg: DecodeConfig
+    emitted: list[int], scores: list[float], attention: Tensor | None, cfg: DecodeConfig
 ) -> Hypothesis:
-    pieces = emitted.tolist()
+    pieces = emitted
     if pieces and pieces[-1] == EOS:
         pieces = pieces[:-1]
-    scores = piece_scores.tolist()
     raw = sum(scores)
     score = raw / length_penalty(len(scores), cfg.lenpen, cfg.lenpen_style)
     if attention is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -15,22 +14,7 @@ from s2s_cli.decoding.greedy import greedy_search
 from s2s_cli.decoding.hypothesis import Hypothesis
 from s2s_cli.decoding.sampling import sample
 from s2s_cli.decoding.scorer import Scorer
-from s2s_cli.errors import ConfigError
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def check_precision(device: torch.device, precision: str, key: str) -> None:
-    """fp16 needs CUDA: CPU autocast has no fp16 LSTM kernel (bf16 is the CPU choice)."""
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError(f"{key}: fp16 needs a CUDA device; on {device.type} use bf16")
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast for ``bf16``/``fp16``; a no-op for ``fp32``."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
+from s2s_cli.device import autocast, check_precision
 
 
 def search_batch(

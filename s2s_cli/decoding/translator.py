@@ -22,7 +22,8 @@ from s2s_cli.data.spm import SPECIAL_PIECES, load_processor
 from s2s_cli.decoding.alignment import hard_alignment, replace_unknowns
 from s2s_cli.decoding.hypothesis import Hypothesis
 from s2s_cli.decoding.scorer import Ensemble
-from s2s_cli.decoding.search import DTYPES, check_precision, search_all
+from s2s_cli.decoding.search import search_all
+from s2s_cli.device import DTYPES, check_precision, resolve_device
 from s2s_cli.errors import CheckpointError, ConfigError
 
 
@@ -47,19 +48,6 @@ class Translation:
     @property
     def text(self) -> str:
         return self.hypotheses[0].text if self.hypotheses else ""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` means CUDA when available, else CPU; errors name the problem in one line."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device: '{name}' is not a device (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
-    return device
 
 
 class Translator:

@@ -34,6 +34,7 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> S
         cfg.bidirectional,
         cfg.dropout,
         cfg.reverse_source,
+        bidirectional_layers=cfg.bidirectional_layers,
     )
     decoder = Decoder(
         tgt_embedding,

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from s2s_cli.models.attention import Attention
 from s2s_cli.models.encoder import RNN_CLASSES, EncoderOut
+from s2s_cli.models.recurrent import run_rnn
 
 
 class DecoderState(NamedTuple):
@@ -138,7 +139,9 @@ class Decoder(nn.Module):
             inputs.append(state.feed)
         if self.peeky:
             inputs.append(enc.summary)
-        output, rnn_state = self.rnn(torch.cat(inputs, dim=-1).unsqueeze(1), state.rnn_state())
+        output, rnn_state = run_rnn(
+            self.rnn, torch.cat(inputs, dim=-1).unsqueeze(1), state.rnn_state()
+        )
         hidden_top = output.squeeze(1)
         if self.attention is not None and not self.attend_first:
             context, weights = self._attend(hidden_top, enc)
@@ -156,7 +159,7 @@ class Decoder(nn.Module):
         if self.peeky:
             summary = enc.summary.unsqueeze(1).expand(-1, tgt_in.size(1), -1)
             embedded = torch.cat([embedded, summary], dim=-1)
-        hidden, _ = self.rnn(embedded, state.rnn_state())
+        hidden, _ = run_rnn(self.rnn, embedded, state.rnn_state())
         context = weights = None
         if self.attention is not None:
             assert enc.keys is not None

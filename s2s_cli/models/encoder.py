@@ -6,6 +6,9 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from s2s_cli.models.recurrent import run_rnn
 
 RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
@@ -48,10 +51,17 @@ def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
 class Encoder(nn.Module):
     """Embeds and encodes a padded source batch; padding never changes a result.
 
-    Each layer and direction is a unidirectional RNN run over length-sorted rows in segments
-    (:func:`run_by_length`); the backward direction reads each sentence reversed within its own
-    length. This is exact like ``pack_padded_sequence`` but keeps the fused CPU kernels, which
-    packed input loses (measured 2-2.6x slower on the benchmark encoder).
+    Each layer and direction is a unidirectional RNN; the backward direction reads each sentence
+    reversed within its own length. Two exact implementations run them (``impl``):
+
+    * ``segments`` (the CPU choice): rows sorted by length, the time axis cut at each distinct
+      length, one fused RNN call per segment (:func:`run_by_length`). This keeps oneDNN's fused
+      CPU kernels, which packed input loses (measured 2-2.6x slower on the benchmark encoder).
+    * ``packed`` (the CUDA choice): one ``PackedSequence`` call per layer and direction, which
+      cuDNN runs as one kernel sequence without host round trips per segment.
+
+    ``auto`` picks by device. The bottom ``bidirectional_layers`` layers read both ways (GNMT's
+    encoder has one); the layers above are unidirectional and as wide as the output.
     """
 
     def __init__(
@@ -63,21 +73,27 @@ class Encoder(nn.Module):
         bidirectional: bool,
         dropout: float,
         reverse_source: bool,
+        bidirectional_layers: int | None = None,
     ) -> None:
         super().__init__()
         self.embedding = embedding
-        self.directions = 2 if bidirectional else 1
         self.output_size = output_size
         self.layers = layers
         self.reverse_source = reverse_source
         self.dropout = nn.Dropout(dropout)
-        size = output_size // self.directions
+        both_ways = layers if bidirectional_layers is None else bidirectional_layers
+        both_ways = both_ways if bidirectional else 0
+        self.layer_directions = [2 if layer < both_ways else 1 for layer in range(layers)]
+        self.directions = max(self.layer_directions)
+        self.impl = "auto"
         self.rnns = nn.ModuleList(
             RNN_CLASSES[cell](
-                embedding.embedding_dim if layer == 0 else output_size, size, batch_first=True
+                embedding.embedding_dim if layer == 0 else output_size,
+                output_size // directions,
+                batch_first=True,
             )
-            for layer in range(layers)
-            for _ in range(self.directions)
+            for layer, directions in enumerate(self.layer_directions)
+            for _ in range(directions)
         )
 
     def forward(self, src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -95,35 +111,51 @@ class Encoder(nn.Module):
             src = reverse_padded(src, real_lengths)
         order = torch.argsort(lengths, descending=True, stable=True)
         sorted_lengths = lengths.index_select(0, order)
+        run = self._runner(src.device, sorted_lengths)
         x = self.dropout(self.embedding(src.index_select(0, order)))
         hidden, cell = [], []
-        for layer in range(self.layers):
+        index = 0
+        for layer, directions in enumerate(self.layer_directions):
             if layer > 0:
                 x = self.dropout(x)
-            outputs = []
-            for direction in range(self.directions):
-                rnn = self.rnns[layer * self.directions + direction]
+            outputs, layer_hidden, layer_cell = [], [], []
+            for direction in range(directions):
+                rnn = self.rnns[index]
+                index += 1
                 inputs = x if direction == 0 else reverse_padded(x, sorted_lengths)
-                out, h, c = run_by_length(rnn, inputs, sorted_lengths)
+                out, h, c = run(rnn, inputs)
                 outputs.append(out if direction == 0 else reverse_padded(out, sorted_lengths))
-                hidden.append(h)
-                cell.append(c)
-            x = torch.cat(outputs, dim=-1) if self.directions > 1 else outputs[0]
+                layer_hidden.append(h)
+                layer_cell.append(c)
+            x = torch.cat(outputs, dim=-1) if directions > 1 else outputs[0]
+            hidden.append(torch.cat(layer_hidden, dim=-1))
+            cell.append(None if layer_cell[0] is None else torch.cat(layer_cell, dim=-1))
         restore = torch.argsort(order)
         outputs = x.index_select(0, restore)
         if self.reverse_source:
             outputs = reverse_padded(outputs, real_lengths)
-        final_hidden = self._stack(hidden).index_select(1, restore)
-        final_cell = None if cell[0] is None else self._stack(cell).index_select(1, restore)
+        final_hidden = torch.stack(hidden).index_select(1, restore)
+        final_cell = None if cell[0] is None else torch.stack(cell).index_select(1, restore)
         return outputs, pad_mask, final_hidden, final_cell
 
-    def _stack(self, states: list[Tensor]) -> Tensor:
-        """Per (layer, direction) ``B x H`` states -> ``layers x B x (directions * H)``."""
-        per_layer = [
-            torch.cat(states[layer * self.directions : (layer + 1) * self.directions], dim=-1)
-            for layer in range(self.layers)
-        ]
-        return torch.stack(per_layer)
+    def _runner(self, device: torch.device, sorted_lengths: Tensor):
+        """``run(rnn, x) -> (outputs, final h, final c)`` for rows sorted longest first."""
+        impl = self.impl
+        if impl == "auto":
+            impl = "packed" if device.type == "cuda" else "segments"
+        if impl == "packed":
+            host_lengths = sorted_lengths.cpu()  # pack_padded_sequence wants them on the host
+            return lambda rnn, x: run_packed(rnn, x, host_lengths)
+        return lambda rnn, x: run_by_length(rnn, x, sorted_lengths)
+
+
+def run_packed(rnn: nn.RNNBase, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Like :func:`run_by_length`, through one ``PackedSequence`` call (``lengths`` on the host)."""
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=True)
+    out, state = run_rnn(rnn, packed)
+    outputs, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
+    h, c = state if isinstance(state, tuple) else (state, None)
+    return outputs, h[0], None if c is None else c[0]
 
 
 def run_by_length(
@@ -147,7 +179,7 @@ def run_by_length(
     for end, rows in zip(ends, running, strict=True):
         if state is not None:
             state = _take_rows(state, rows)
-        out, state = rnn(x[:rows, start:end], state)
+        out, state = run_rnn(rnn, x[:rows, start:end], state)
         outputs.append(nn.functional.pad(out, (0, 0, 0, 0, 0, batch - rows)))
         done = int((lengths >= end).sum()) - int((lengths > end).sum())  # rows ending here
         first = int((lengths > end).sum())

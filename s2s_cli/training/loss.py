@@ -14,7 +14,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-ROWS_PER_CHUNK = 256  # float32 row chunks of the logits stay small (~8 MB at 8k pieces)
+ROWS_PER_CHUNK = 256  # CPU: float32 row chunks of the logits stay small (~8 MB at 8k pieces)
+CUDA_CHUNK_ELEMENTS = 2**26  # CUDA: fewer, larger chunks (256 MB in float32); launches cost more
+
+
+def rows_per_chunk(logits: Tensor) -> int:
+    """Rows of the logits processed at once: cache-sized on the CPU, launch-sized on CUDA."""
+    if logits.device.type == "cuda":
+        return max(ROWS_PER_CHUNK, CUDA_CHUNK_ELEMENTS // max(logits.size(1), 1))
+    return ROWS_PER_CHUNK
 
 
 def label_smoothed_nll(logits: Tensor, target: Tensor, epsilon: float) -> tuple[Tensor, Tensor]:
@@ -72,8 +80,9 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
         lse = torch.empty(inputs.size(0), dtype=stats, device=inputs.device)
         loss = inputs.new_zeros((), dtype=torch.float64)
         nll = inputs.new_zeros((), dtype=torch.float64)
-        for start in range(0, logits.size(0), ROWS_PER_CHUNK):
-            z = logits[start : start + ROWS_PER_CHUNK].to(stats)
+        chunk = rows_per_chunk(logits)
+        for start in range(0, logits.size(0), chunk):
+            z = logits[start : start + chunk].to(stats)
             chunk_lse = torch.logsumexp(z, dim=-1)
             lse[start : start + z.size(0)] = chunk_lse
             chunk_nll = chunk_lse - z.gather(1, target[start : start + z.size(0), None]).squeeze(1)
@@ -98,8 +107,9 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
         epsilon, vocab = ctx.epsilon, weight.size(0)
         logits = workspace.buffer[: inputs.size(0)]
         g = grad_loss.to(lse.dtype)
-        for start in range(0, logits.size(0), ROWS_PER_CHUNK):
-            block = logits[start : start + ROWS_PER_CHUNK]
+        chunk = rows_per_chunk(logits)
+        for start in range(0, logits.size(0), chunk):
+            block = logits[start : start + chunk]
             rows = block.size(0)
             grad = block.to(lse.dtype).sub_(lse[start : start + rows, None]).exp_().mul_(g)
             if epsilon > 0.0:

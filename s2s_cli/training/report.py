@@ -9,6 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from s2s_cli.device import memory_summary
 from s2s_cli.io import atomic_write_text
 from s2s_cli.training.step import UpdateResult
 
@@ -50,8 +53,10 @@ class Reporter:
         progress: bool,
         tensorboard: bool,
         console: Any = None,
+        device: torch.device | None = None,
     ) -> None:
         self.enabled = enabled
+        self.device = device
         self.log_every = log_every
         self.total_updates = total_updates
         self.metrics_path = save_dir / "metrics.jsonl"
@@ -104,9 +109,10 @@ class Reporter:
             "elapsed_s": time.perf_counter() - self.started,
         }
         eta = self._eta(update, record["elapsed_s"])
+        memory = self._memory(record)
         log.info(
             "update %d | epoch %d | loss %.3f | ppl %.2f | lr %.3g | gnorm %.2f | %.0f tgt tok/s | "
-            "pad %.1f%% | %s elapsed%s",
+            "pad %.1f%% | %s elapsed%s%s",
             update,
             epoch,
             record["loss"],
@@ -117,9 +123,18 @@ class Reporter:
             100 * record["padding"],
             _duration(record["elapsed_s"]),
             f" | ETA {_duration(eta)}" if eta is not None else "",
+            f" | {memory}" if memory else "",
         )
         self._write(record)
         w.reset()
+
+    def _memory(self, record: dict[str, Any]) -> str | None:
+        """The CUDA memory summary for the log line (and its numbers for the record)."""
+        if self.device is None or self.device.type != "cuda":
+            return None
+        record["gpu_memory_gib"] = torch.cuda.memory_allocated(self.device) / 2**30
+        record["gpu_peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        return memory_summary(self.device)
 
     def _eta(self, update: int, elapsed: float) -> float | None:
         """Seconds left: by the update limit, or by train.max_minutes, whichever ends sooner."""
@@ -146,7 +161,17 @@ class Reporter:
             metrics["accuracy"],
             " | best" if best else "",
         )
-        self._write({"kind": "valid", "update": update, "epoch": epoch, **metrics, "best": best})
+        elapsed = time.perf_counter() - self.started
+        self._write(
+            {
+                "kind": "valid",
+                "update": update,
+                "epoch": epoch,
+                **metrics,
+                "best": best,
+                "elapsed_s": elapsed,
+            }
+        )
 
     def _write(self, record: dict[str, Any]) -> None:
         with open(self.metrics_path, "a", encoding="utf-8") as f:

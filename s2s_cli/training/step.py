@@ -11,22 +11,28 @@ from torch import Tensor, nn
 
 from s2s_cli.data.loader import Batch
 from s2s_cli.data.spm import PAD
-from s2s_cli.decoding.search import autocast
+from s2s_cli.device import autocast
 from s2s_cli.models.seq2seq import Seq2Seq
 from s2s_cli.training.distributed import DistributedContext, all_reduce_sum, all_reduce_tensor
-from s2s_cli.training.loss import ProjectedCrossEntropy
+from s2s_cli.training.loss import ProjectedCrossEntropy, label_smoothed_nll
+
+# Whether the fused projection + loss (training/loss.py) beats autograd's projection, log_softmax
+# and gather, per device type: measured by benchmarks/model_step.py (CPU) and benchmarks/gpu.py.
+FUSED_LOSS = {"cpu": True, "cuda": True}
 
 
 class LossModule(nn.Module):
     """Model plus objective in one module, so DDP wraps (and synchronises) the whole forward.
 
     The output projection and the loss run only on non-padding target positions, outside any
-    loop over time.
+    loop over time. ``fused`` picks the fused projection + loss (None: by device, FUSED_LOSS).
     """
 
-    def __init__(self, model: Seq2Seq, label_smoothing: float) -> None:
+    def __init__(self, model: Seq2Seq, label_smoothing: float, fused: bool | None = None) -> None:
         super().__init__()
         self.model = model
+        self.label_smoothing = label_smoothing
+        self.fused = fused
         self.criterion = ProjectedCrossEntropy(label_smoothing)
 
     def forward(
@@ -39,6 +45,10 @@ class LossModule(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         features, _ = self.model.features(src, src_lengths, tgt_in, teacher_forcing)
         mask = tgt_out != PAD
+        fused = self.fused if self.fused is not None else FUSED_LOSS.get(src.device.type, True)
+        if not fused:
+            logits = self.model.decoder.project(features[mask])
+            return label_smoothed_nll(logits, tgt_out[mask], self.label_smoothing)
         inputs, weight, bias = self.model.decoder.output_layer(features[mask])
         return self.criterion(inputs, weight, bias, tgt_out[mask])
 

@@ -33,8 +33,7 @@ from s2s_cli.data.batching import Shard, make_batches
 from s2s_cli.data.dataset import Dataset
 from s2s_cli.data.loader import Batch, collate, prefetch
 from s2s_cli.data.spm import load_processor
-from s2s_cli.decoding.search import check_precision
-from s2s_cli.decoding.translator import resolve_device
+from s2s_cli.device import check_precision, resolve_device
 from s2s_cli.errors import CheckpointError, ConfigError, S2SError
 from s2s_cli.io import check_writable_dir
 from s2s_cli.models.build import build_model
@@ -128,6 +127,7 @@ class TrainingRun:
             progress,
             cfg.train.tensorboard,
             console,
+            device=self.device,
         )
         if saved is not None:
             self._restore(saved)

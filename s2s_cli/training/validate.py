@@ -14,7 +14,8 @@ from s2s_cli.data.batching import make_batches
 from s2s_cli.data.dataset import Dataset, ParallelSplit
 from s2s_cli.data.loader import collate
 from s2s_cli.decoding.scorer import Ensemble
-from s2s_cli.decoding.search import autocast, search_all
+from s2s_cli.decoding.search import search_all
+from s2s_cli.device import autocast
 from s2s_cli.io import read_lines
 from s2s_cli.models.seq2seq import Seq2Seq
 from s2s_cli.training.step import LossModule

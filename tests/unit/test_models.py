@@ -5,6 +5,7 @@ import torch
 
 from s2s_cli.config import ModelConfig, load_config
 from s2s_cli.data.spm import BOS, EOS, PAD
+from s2s_cli.errors import ConfigError
 from s2s_cli.models.build import build_model, parameter_counts
 from s2s_cli.models.encoder import reverse_padded
 
@@ -288,3 +289,45 @@ def test_lecun_normal_init_scales_by_fan_in_and_leaves_embeddings_alone():
                 assert new.std().item() != pytest.approx(param.std().item(), rel=0.1), name
             checked += 1
     assert checked >= 5
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize(("layers", "bidirectional_layers"), [(1, None), (2, None), (3, 1), (2, 0)])
+def test_packed_encoder_equals_the_segment_encoder(cell, layers, bidirectional_layers):
+    """The CUDA encoder path (PackedSequence) computes exactly what the CPU path does."""
+    model = model_for(
+        cell=cell,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        bidirectional_layers=bidirectional_layers,
+        reverse_source=True,
+    )
+    src, lengths, _ = batch(3)
+    results = {}
+    for impl in ("segments", "packed"):
+        model.encoder.impl = impl
+        results[impl] = model.encoder(src, lengths)
+    for name, a, b in zip(("outputs", "mask", "hidden", "cell"), *results.values()):
+        if a is None:
+            assert b is None
+            continue
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+
+
+def test_bidirectional_layers_read_both_ways_only_at_the_bottom():
+    model = model_for(
+        encoder_layers=3, decoder_layers=3, bidirectional_layers=1, hidden_size=12, bridge="last"
+    )
+    assert model.encoder.layer_directions == [2, 1, 1]
+    sizes = [rnn.hidden_size for rnn in model.encoder.rnns]
+    assert sizes == [6, 6, 12, 12]
+    src, lengths, tgt_in = batch()
+    # padding never changes a result, here too: the first sentence alone equals it in the batch
+    alone = model(src[:1, : lengths[0]], lengths[:1], tgt_in[:1])
+    together = model(src, lengths, tgt_in)[:1]
+    assert torch.allclose(alone, together, atol=1e-5)
+
+
+def test_bidirectional_layers_is_validated():
+    with pytest.raises(ConfigError, match="model.bidirectional_layers"):
+        ModelConfig(encoder_layers=2, bidirectional_layers=3)

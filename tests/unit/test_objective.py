@@ -118,3 +118,49 @@ def test_projected_loss_gradient_matches_finite_differences_and_reuse_is_guarded
     criterion(inputs, weight, bias, target)  # a second forward reuses the workspace...
     with pytest.raises(RuntimeError, match="another forward ran before this backward"):
         first.backward()  # ...so the first backward refuses to return a wrong gradient
+
+
+def test_loss_module_fused_and_plain_objectives_agree():
+    """Both objectives LossModule can pick per device give the same loss and gradients."""
+    from s2s_cli.config import ModelConfig
+    from s2s_cli.data.spm import BOS, EOS, PAD
+    from s2s_cli.models.build import build_model
+    from s2s_cli.training.step import LossModule
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(embed_dim=8, hidden_size=12, dropout=0.0), 30, 30)
+    src = torch.randint(4, 30, (3, 6))
+    src[:, -1] = EOS
+    lengths = torch.full((3,), 6)
+    tgt_out = torch.randint(4, 30, (3, 5))
+    tgt_out[0, 3], tgt_out[0, 4] = EOS, PAD
+    tgt_in = torch.cat([torch.full((3, 1), BOS), tgt_out[:, :-1]], dim=1)
+    results = []
+    for fused in (True, False):
+        model.zero_grad()
+        loss, nll = LossModule(model, 0.1, fused=fused)(src, lengths, tgt_in, tgt_out)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        results.append((loss.detach(), nll, grads))
+    (loss_a, nll_a, grads_a), (loss_b, nll_b, grads_b) = results
+    assert torch.allclose(loss_a, loss_b, atol=1e-5)
+    assert torch.allclose(nll_a, nll_b, atol=1e-5)
+    for a, b in zip(grads_a, grads_b):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_rnn_cast_call_computes_in_the_requested_dtype_and_reaches_fp32_weights():
+    """The bf16-on-CUDA route of run_rnn (weights cast per call), exercised on the CPU."""
+    from s2s_cli.models.recurrent import _call_in
+
+    torch.manual_seed(0)
+    rnn = torch.nn.LSTM(8, 16, batch_first=True)
+    x = torch.randn(3, 5, 8)
+    out, (h, _) = _call_in(rnn, x, None, torch.bfloat16, torch.float32)
+    assert out.dtype == torch.float32 and h.dtype == torch.bfloat16
+    reference = torch.nn.LSTM(8, 16, batch_first=True)
+    reference.load_state_dict(rnn.state_dict())
+    expected, _ = reference.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert torch.equal(out, expected.float())
+    out.sum().backward()
+    assert rnn.weight_hh_l0.grad is not None and rnn.weight_hh_l0.grad.dtype == torch.float32

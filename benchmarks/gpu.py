@@ -1,0 +1,436 @@
+#!/usr/bin/env python3
+"""GPU throughput of s2s training and decoding, each beside a plain-PyTorch reference in one run.
+
+    python benchmarks/gpu.py train  --data DATASET_DIR [--out DIR]
+    python benchmarks/gpu.py decode --checkpoint CKPT --source test.en.gz [--big-lines 100000]
+
+``train`` times updates (forward, backward, clipping, Adam) in this process, with CUDA
+synchronised around the timed window, for
+
+* bench-lstm (BENCH_MODEL of benchmarks/common.py) on the real Multi30k batches of DATASET_DIR
+  (4,096-token batches): s2s in fp32/bf16/fp16, the choices s2s makes per device (packed vs
+  segment encoder, fused vs plain loss), the input-feeding model, and the reference loop;
+* a GNMT-v2-shaped model: 4-layer 1024-unit LSTM encoder whose first layer is bidirectional,
+  4-layer 1024 decoder with attention, 32k vocabulary, synthetic batches of 128 sentences of
+  25-30 tokens: s2s vs the reference loop.
+
+The reference loop is what a user writes by hand: ``nn.Embedding``, ``nn.LSTM`` over padded
+batches, batched attention, ``nn.Linear`` over every position and ``F.cross_entropy`` with label
+smoothing, the same Adam, clipping and autocast. MFU is model FLOPs per target token (forward x 3)
+times tokens/s over a bf16 matmul (8192^3) measured in the same run.
+
+``decode`` times ``Translator.translate_hypotheses`` (SentencePiece in and out included, model
+loading not) on the given source file and on a synthetic file of --big-lines lines drawn from it
+and --extra sources, for beam 5 and greedy, batch 128 and a larger batch, bf16 and fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import BENCH_MODEL
+
+from s2s_cli.config import load_config
+from s2s_cli.data.batching import make_batches
+from s2s_cli.data.dataset import Dataset
+from s2s_cli.data.loader import Batch, collate
+from s2s_cli.data.spm import BOS, EOS, PAD
+from s2s_cli.device import autocast
+from s2s_cli.models.build import build_model, parameter_counts
+from s2s_cli.models.recurrent import cudnn_rnn_supports
+from s2s_cli.training.distributed import DistributedContext
+from s2s_cli.training.step import LossModule, Updater
+
+GNMT_MODEL = [
+    "model.embed_dim=1024",
+    "model.hidden_size=1024",
+    "model.encoder_hidden_size=1024",
+    "model.encoder_layers=4",
+    "model.bidirectional_layers=1",
+    "model.decoder_layers=4",
+    "model.attention=general",
+    "model.attention_placement=luong",
+    "model.input_feeding=false",
+    "model.bridge=zero",
+    "model.share_embeddings=true",
+    "model.dropout=0.2",
+]
+
+
+# -- the measured ceiling ---------------------------------------------------------------------
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_gib(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+
+
+def matmul_tflops(device: torch.device, size: int = 8192, repeats: int = 10) -> float:
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+def environment(device: torch.device) -> dict:
+    if device.type != "cuda":  # a dry run of the script itself
+        return {"gpu": "none (CPU dry run)", "torch": torch.__version__, "bf16_matmul_tflops": 1.0}
+    return {
+        "gpu": torch.cuda.get_device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "cudnn_bf16_rnn": cudnn_rnn_supports(torch.bfloat16, device),
+        "bf16_matmul_tflops": matmul_tflops(device),
+    }
+
+
+# -- FLOPs ------------------------------------------------------------------------------------
+
+
+def flops_per_target_token(cfg, vocab: int, src_per_tgt: float, src_len: float) -> float:
+    """Training FLOPs (forward x 3) per target token; matrix products only, LSTM gates = 4."""
+    m = cfg.model
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[m.cell]
+    enc_out, hidden, embed = m.encoder_output_size, m.hidden_size, m.embed_dim
+    bidi = m.encoder_layers if m.bidirectional_layers is None else m.bidirectional_layers
+    bidi = bidi if m.bidirectional else 0
+    encoder = 0.0
+    for layer in range(m.encoder_layers):
+        directions = 2 if layer < bidi else 1
+        size = enc_out // directions
+        inputs = embed if layer == 0 else enc_out
+        encoder += directions * 2 * gates * size * (inputs + size)
+    keys = 2 * enc_out * hidden if m.attention in ("general", "additive") else 0
+    decoder = 0.0
+    for layer in range(m.decoder_layers):
+        inputs = (embed + (hidden if m.input_feeding else 0)) if layer == 0 else hidden
+        decoder += 2 * gates * hidden * (inputs + hidden)
+    attention = 2 * src_len * (hidden + enc_out) if m.attention != "none" else 0
+    combine = 2 * (enc_out + hidden) * hidden if m.attention != "none" else 0
+    output = 2 * hidden * vocab + (2 * hidden * embed if m.tie_embeddings else 0)
+    forward = src_per_tgt * (encoder + keys) + decoder + attention + combine + output
+    return 3 * forward
+
+
+# -- the plain-PyTorch reference loop ---------------------------------------------------------
+
+
+class Reference(nn.Module):
+    """Encoder-decoder as a user writes it by hand: padded nn.LSTM calls, no packing."""
+
+    def __init__(self, cfg, vocab: int) -> None:
+        super().__init__()
+        m = cfg.model
+        self.embed = nn.Embedding(vocab, m.embed_dim, padding_idx=PAD)
+        self.tgt_embed = self.embed if m.share_embeddings else nn.Embedding(vocab, m.embed_dim)
+        enc_out, hidden = m.encoder_output_size, m.hidden_size
+        bidi = m.encoder_layers if m.bidirectional_layers is None else m.bidirectional_layers
+        bidi = bidi if m.bidirectional else 0
+        self.bottom = nn.LSTM(
+            m.embed_dim,
+            enc_out // 2 if bidi else enc_out,
+            num_layers=max(bidi, 1),
+            bidirectional=bidi > 0,
+            batch_first=True,
+        )
+        upper = m.encoder_layers - max(bidi, 1)
+        self.upper = nn.LSTM(enc_out, enc_out, upper, batch_first=True) if upper > 0 else None
+        self.decoder = nn.LSTM(m.embed_dim, hidden, m.decoder_layers, batch_first=True)
+        self.key = nn.Linear(enc_out, hidden, bias=False)
+        self.combine = nn.Linear(enc_out + hidden, hidden, bias=False)
+        self.out = nn.Linear(hidden, vocab)
+        self.bridge = m.bridge
+        self.dropout = nn.Dropout(m.dropout)
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        x, (h, c) = self.bottom(self.dropout(self.embed(src)))
+        if self.upper is not None:
+            x, (h, c) = self.upper(self.dropout(x))
+        state = None
+        if self.bridge != "zero":  # final states, directions concatenated (bench-lstm)
+            batch = src.size(0)
+            state = tuple(s.view(-1, 2, batch, s.size(-1)).transpose(1, 2) for s in (h, c))
+            state = tuple(s.reshape(-1, batch, 2 * s.size(-1)).contiguous() for s in state)
+        y, _ = self.decoder(self.dropout(self.tgt_embed(tgt_in)), state)
+        scores = torch.bmm(y, self.key(x).transpose(1, 2))
+        scores = scores.masked_fill((src == PAD).unsqueeze(1), float("-inf"))
+        context = torch.bmm(torch.softmax(scores.float(), dim=-1).to(x.dtype), x)
+        features = torch.tanh(self.combine(torch.cat([context, y], dim=-1)))
+        return self.out(self.dropout(features))
+
+
+def reference_step(model, optimizer, scaler, precision: str, device: torch.device):
+    def step(batch: Batch) -> None:
+        with autocast(device, precision):
+            logits = model(batch.src, batch.tgt_in)
+            tokens = (batch.tgt_out != PAD).sum()
+            loss = (
+                F.cross_entropy(
+                    logits.view(-1, logits.size(-1)).float(),
+                    batch.tgt_out.view(-1),
+                    ignore_index=PAD,
+                    label_smoothing=0.1,
+                    reduction="sum",
+                )
+                / tokens
+            )
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+
+def measure(step, batches: list[Batch], warmup: int, device: torch.device) -> dict:
+    for batch in batches[:warmup]:
+        step(batch)
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    tokens = sum(int((b.tgt_out != PAD).sum()) for b in batches[warmup:])
+    start = time.perf_counter()
+    for batch in batches[warmup:]:
+        step(batch)
+    sync(device)
+    seconds = time.perf_counter() - start
+    return {
+        "tokens_per_s": tokens / seconds,
+        "updates": len(batches) - warmup,
+        "ms_per_update": 1000 * seconds / (len(batches) - warmup),
+        "peak_gib": peak_gib(device),
+    }
+
+
+def s2s_step(cfg, vocab, precision, device, encoder_impl="auto", fused=None):
+    torch.manual_seed(1)
+    model = build_model(cfg.model, vocab, vocab).to(device)
+    model.encoder.impl = encoder_impl
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    loss_module = LossModule(model, 0.1, fused=fused)
+    updater = Updater(loss_module, optimizer, scaler, device, precision, 5.0, DistributedContext())
+    params = parameter_counts(model)["total"]
+    return (lambda batch: updater.update([batch], 1.0)), params
+
+
+def ref_step(cfg, vocab, precision, device):
+    torch.manual_seed(1)
+    model = Reference(cfg, vocab).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    params = sum(p.numel() for p in model.parameters())
+    return reference_step(model, optimizer, scaler, precision, device), params
+
+
+def multi30k_batches(data: Path, device: torch.device, count: int) -> tuple[list[Batch], int]:
+    dataset = Dataset(data)
+    split = dataset.split("train")
+    order = make_batches(split.src_sizes + 1, split.tgt_sizes + 1, 4096, None, 1, 1)
+    batches = [collate(split, indices).to(device) for indices in order[:count]]
+    return batches, dataset.vocab_sizes[1]
+
+
+def synthetic_batches(
+    device: torch.device, count: int, sentences: int = 128, vocab: int = 32000
+) -> list[Batch]:
+    g = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(count):
+        src_len = torch.randint(25, 31, (sentences,), generator=g)
+        tgt_len = torch.randint(25, 31, (sentences,), generator=g)
+        src = torch.full((sentences, int(src_len.max()) + 1), PAD)
+        tgt_in = torch.full((sentences, int(tgt_len.max()) + 1), PAD)
+        tgt_out = tgt_in.clone()
+        for i in range(sentences):
+            s, t = int(src_len[i]), int(tgt_len[i])
+            src[i, :s] = torch.randint(4, vocab, (s,), generator=g)
+            src[i, s] = EOS
+            words = torch.randint(4, vocab, (t,), generator=g)
+            tgt_in[i, 0], tgt_in[i, 1 : t + 1] = BOS, words
+            tgt_out[i, :t], tgt_out[i, t] = words, EOS
+        batch = Batch(src, src_len + 1, tgt_in, tgt_out, torch.arange(sentences))
+        batches.append(batch.to(device))
+    return batches
+
+
+def run_train(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    env = environment(device)
+    print(f"# {json.dumps(env)}", flush=True)
+    rows = []
+
+    def record(model: str, system: str, result: dict, flops: float, params: int) -> None:
+        result.update(model=model, system=system, params=params)
+        result["mfu"] = flops * result["tokens_per_s"] / (env["bf16_matmul_tflops"] * 1e12)
+        rows.append(result)
+        print(
+            f"{model:10s} {system:44s} {result['tokens_per_s']:>10,.0f} tok/s "
+            f"{result['ms_per_update']:7.2f} ms/update  peak {result['peak_gib']:.2f} GiB  "
+            f"MFU {100 * result['mfu']:.1f}%",
+            flush=True,
+        )
+
+    batches, vocab = multi30k_batches(args.data, device, args.warmup + args.updates)
+    manifest = json.loads((args.data / "manifest.json").read_text())["splits"]["train"]
+    n = manifest["sentences"]
+    src_per_tgt = (manifest["tokens"]["src"] + n) / (manifest["tokens"]["tgt"] + n)
+    src_len = (manifest["tokens"]["src"] + n) / n
+    bench = load_config(overrides=[*BENCH_MODEL, "model.input_feeding=false"])
+    feeding = load_config(overrides=[*BENCH_MODEL, "model.input_feeding=true"])
+    flops = flops_per_target_token(bench, vocab, src_per_tgt, src_len)
+    flops_feeding = flops_per_target_token(feeding, vocab, src_per_tgt, src_len)
+    variants = [
+        ("s2s fast path, bf16", bench, "bf16", {}),
+        ("s2s fast path, fp16", bench, "fp16", {}),
+        ("s2s fast path, fp32", bench, "fp32", {}),
+        ("s2s fast path, bf16, segment encoder", bench, "bf16", {"encoder_impl": "segments"}),
+        ("s2s fast path, bf16, plain loss", bench, "bf16", {"fused": False}),
+        ("s2s input feeding, bf16", feeding, "bf16", {}),
+        ("s2s input feeding, fp32", feeding, "fp32", {}),
+    ]
+    dry_run = device.type != "cuda"  # fp16 needs CUDA: a CPU dry run leaves it out
+    for name, cfg, precision, options in variants:
+        if dry_run and precision == "fp16":
+            continue
+        step, params = s2s_step(cfg, vocab, precision, device, **options)
+        chosen = flops_feeding if cfg is feeding else flops
+        record("bench-lstm", name, measure(step, batches, args.warmup, device), chosen, params)
+    for precision in ("bf16",) if dry_run else ("bf16", "fp16"):
+        step, params = ref_step(bench, vocab, precision, device)
+        result = measure(step, batches, args.warmup, device)
+        record("bench-lstm", f"reference loop, {precision}", result, flops, params)
+
+    gnmt = load_config(overrides=GNMT_MODEL)
+    gnmt_batches = synthetic_batches(
+        device, args.gnmt_warmup + args.gnmt_updates, sentences=args.gnmt_sentences
+    )
+    gnmt_flops = flops_per_target_token(gnmt, 32000, 1.0, 28.5)
+    for name, precision in (("s2s, bf16", "bf16"), ("s2s, fp16", "fp16"))[: 1 if dry_run else 2]:
+        step, params = s2s_step(gnmt, 32000, precision, device)
+        result = measure(step, gnmt_batches, args.gnmt_warmup, device)
+        record("gnmt-v2", name, result, gnmt_flops, params)
+    for precision in ("bf16",) if dry_run else ("bf16", "fp16"):
+        step, params = ref_step(gnmt, 32000, precision, device)
+        result = measure(step, gnmt_batches, args.gnmt_warmup, device)
+        record("gnmt-v2", f"reference loop, {precision}", result, gnmt_flops, params)
+    return {"environment": env, "rows": rows}
+
+
+# -- decoding ---------------------------------------------------------------------------------
+
+
+def run_decode(args: argparse.Namespace) -> dict:
+    from s2s_cli import Translator
+    from s2s_cli.io import read_lines
+
+    device = torch.device(args.device)
+    env = environment(device)
+    print(f"# {json.dumps(env)}", flush=True)
+    translator = Translator.from_checkpoint(args.checkpoint, device=args.device)
+    params = parameter_counts(translator.models[0])["total"]
+    source = list(read_lines(args.source))
+    pool = list(source)
+    for extra in args.extra:
+        pool.extend(read_lines(extra))
+    rng = random.Random(1)
+    big = [rng.choice(pool) for _ in range(args.big_lines)]
+    rows = []
+    deadline = time.perf_counter() + args.budget_s
+
+    def time_one(name: str, lines: list[str], **options) -> None:
+        if time.perf_counter() > deadline:
+            print(f"{name}: skipped (time budget)", flush=True)
+            return
+        translator.translate_hypotheses(lines[:256], **options)  # warm-up: kernels, casts
+        sync(device)
+        start = time.perf_counter()
+        out = translator.translate_hypotheses(lines, **options)
+        sync(device)
+        seconds = time.perf_counter() - start
+        tokens = sum(len(t.hypotheses[0].tokens) + 1 for t in out)  # pieces + EOS
+        row = {"set": name, **options, "lines": len(lines), "seconds": seconds}
+        row["tokens_per_s"] = tokens / seconds
+        row["sentences_per_s"] = len(lines) / seconds
+        rows.append(row)
+        print(
+            f"{name:10s} {json.dumps(options):62s} {row['tokens_per_s']:>10,.0f} tok/s "
+            f"{row['sentences_per_s']:>9,.0f} sent/s  {seconds:6.2f} s",
+            flush=True,
+        )
+
+    for precision in ("bf16", "fp32"):
+        for beam in (5, 1):
+            for batch in (128, args.big_batch):
+                time_one("test2016", source, beam=beam, batch_size=batch, precision=precision)
+    for beam in (5, 1):
+        for batch in (128, args.big_batch):
+            time_one("synthetic", big, beam=beam, batch_size=batch, precision="bf16")
+    return {"environment": env, "parameters": params, "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train")
+    train.add_argument("--data", type=Path, required=True, help="preprocessed Multi30k en-de")
+    train.add_argument("--warmup", type=int, default=20)
+    train.add_argument("--updates", type=int, default=100)
+    train.add_argument("--gnmt-warmup", type=int, default=5)
+    train.add_argument("--gnmt-updates", type=int, default=30)
+    train.add_argument("--gnmt-sentences", type=int, default=128)
+    decode = sub.add_parser("decode")
+    decode.add_argument("--checkpoint", type=Path, required=True)
+    decode.add_argument("--source", type=Path, required=True)
+    decode.add_argument("--extra", type=Path, nargs="*", default=[])
+    decode.add_argument("--big-lines", type=int, default=100_000)
+    decode.add_argument("--big-batch", type=int, default=1024)
+    decode.add_argument("--budget-s", type=float, default=120.0)
+    for p in (train, decode):
+        p.add_argument("--out", type=Path, help="write the results as JSON here")
+        p.add_argument("--device", default="cuda", help="cpu: a dry run of this script")
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("benchmarks/gpu.py: needs a CUDA device")
+    result = run_train(args) if args.command == "train" else run_decode(args)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"# peak GPU memory of the process: {peak_gib(torch.device(args.device)):.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

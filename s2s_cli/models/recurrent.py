@@ -1,0 +1,98 @@
+"""Calling an ``nn.LSTM``/``GRU``/``RNN`` in the precision the run asked for, on every device.
+
+On CUDA, PyTorch's autocast runs cuDNN RNNs in **float16 whatever autocast dtype was asked for**
+(its ``_cudnn_rnn`` wrapper casts to half), so a ``bf16`` run would silently train its recurrent
+layers in fp16 without a gradient scaler. :func:`run_rnn` makes ``bf16`` mean bf16 there: the RNN
+runs outside autocast on bf16 copies of its weights where cuDNN supports bf16 RNNs (cuDNN 9.13+),
+and in float32 where it does not. The same rule lets inference models whose weights were cast to
+bf16 run on a cuDNN without bf16 RNNs. ``fp16`` keeps autocast's fp16 path (training pairs it with
+a gradient scaler). On the CPU the call is unchanged: oneDNN runs bf16 RNNs under autocast.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn.utils.rnn import PackedSequence
+
+RnnState = Tensor | tuple[Tensor, Tensor] | None
+
+
+def run_rnn(rnn: nn.RNNBase, inputs: Any, state: RnnState = None) -> tuple[Any, RnnState]:
+    """``rnn(inputs, state)``, with bf16 on CUDA computed in bf16 (or float32), never fp16.
+
+    ``inputs`` is a batch-first tensor or a ``PackedSequence``. Outputs come back in the dtype
+    the inputs had, so the surrounding (autocast or pre-cast) code is unaffected.
+    """
+    data = inputs.data if isinstance(inputs, PackedSequence) else inputs
+    if data.device.type != "cuda":
+        return rnn(inputs, state)
+    weight_dtype = rnn.weight_ih_l0.dtype
+    autocasting, autocast_dtype = _cuda_autocast()
+    wanted = autocast_dtype if autocasting else weight_dtype
+    if wanted == torch.float16 and autocasting:
+        return rnn(inputs, state)  # autocast's fp16 cuDNN path; the fp16 run has a GradScaler
+    if wanted == torch.bfloat16 and not cudnn_rnn_supports(torch.bfloat16, data.device):
+        wanted = torch.float32
+    if not autocasting and wanted == weight_dtype == data.dtype:
+        return rnn(inputs, state)
+    return _call_in(rnn, inputs, state, wanted, data.dtype)
+
+
+def _cuda_autocast() -> tuple[bool, torch.dtype]:
+    """Whether CUDA autocast is on, and its dtype (torch < 2.4 spells both differently)."""
+    try:
+        return torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+    except TypeError:  # pragma: no cover - torch 2.2/2.3
+        return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+
+
+def _call_in(
+    rnn: nn.RNNBase, inputs: Any, state: RnnState, dtype: torch.dtype, out_dtype: torch.dtype
+) -> tuple[Any, RnnState]:
+    """Run ``rnn`` with weights, inputs and state cast to ``dtype`` (casts are differentiable)."""
+    with torch.autocast("cuda", enabled=False), warnings.catch_warnings():
+        # cuDNN copies the cast weights into one flat buffer per call, as autocast itself does
+        warnings.filterwarnings("ignore", message="RNN module weights are not part")
+        params = {name: p.to(dtype) for name, p in rnn.named_parameters()}
+        output, new_state = functional_call(
+            rnn, params, (_cast(inputs, dtype), _cast_state(state, dtype))
+        )
+    return _cast(output, out_dtype), new_state
+
+
+def _cast(x: Any, dtype: torch.dtype) -> Any:
+    if isinstance(x, PackedSequence):
+        return x._replace(data=x.data.to(dtype))
+    return x.to(dtype)
+
+
+def _cast_state(state: RnnState, dtype: torch.dtype) -> RnnState:
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return state[0].to(dtype), state[1].to(dtype)
+    return state.to(dtype)
+
+
+@functools.cache
+def _probe(dtype: torch.dtype, device: str) -> bool:
+    try:
+        with torch.enable_grad(), torch.autocast("cuda", enabled=False):
+            rnn = nn.LSTM(8, 8, batch_first=True).to(device=device, dtype=dtype)
+            x = torch.randn(2, 3, 8, device=device, dtype=dtype, requires_grad=True)
+            rnn(x)[0].float().sum().backward()
+        torch.cuda.synchronize(device)
+        return True
+    except RuntimeError:
+        return False
+
+
+def cudnn_rnn_supports(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether this CUDA device's cuDNN runs (and differentiates) RNNs in ``dtype``; probed once."""
+    return _probe(dtype, str(device))

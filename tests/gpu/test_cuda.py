@@ -1,0 +1,343 @@
+"""CUDA: training and decoding on the GPU agree with the CPU and train as well (``make test-gpu``).
+
+Every test here carries the ``gpu`` marker; the default run deselects them and they skip where
+CUDA is absent. ``S2S_GPU_TESTS_ON_CPU=1`` runs them against the CPU instead, which checks the
+tests themselves on a machine without a GPU (the fp16 tests then skip: fp16 needs CUDA).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from s2s_cli import Dataset, Translator, load_config, train
+from s2s_cli.data.loader import collate
+from s2s_cli.models.build import build_model
+from s2s_cli.training.distributed import DistributedContext
+from s2s_cli.training.step import LossModule, Updater
+
+from ..conftest import TINY_MODEL, WORDS
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if os.environ.get("S2S_GPU_TESTS_ON_CPU") == "1":
+        return torch.device("cpu")
+    pytest.skip("needs a CUDA device")
+
+
+@pytest.fixture(autouse=True)
+def true_fp32():
+    """cuDNN runs float32 RNNs with TF32 by default on Ampere and later; the comparisons with
+    the CPU here are of real float32 arithmetic."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def needs_fp16(device: torch.device) -> None:
+    if device.type != "cuda":
+        pytest.skip("fp16 needs CUDA")
+
+
+@pytest.fixture(scope="module")
+def sentences() -> list[str]:
+    rng = random.Random(11)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 9))) for _ in range(60)]
+
+
+def accuracy(translations: list[str], sentences: list[str]) -> float:
+    expected = [" ".join(reversed(s.split())).upper() for s in sentences]
+    return 100.0 * sum(a == b for a, b in zip(translations, expected)) / len(sentences)
+
+
+# -- training ---------------------------------------------------------------------------------
+
+VARIANTS = [
+    (cell, attention, feeding)
+    for cell in ("lstm", "gru", "rnn")
+    for attention in ("none", "dot", "general", "additive")
+    for feeding in (False, True)
+]
+
+
+@pytest.mark.parametrize(("cell", "attention", "feeding"), VARIANTS)
+def test_fp32_training_step_matches_the_cpu(tiny_dataset, device, cell, attention, feeding):
+    """Loss and every gradient of one fp32 step agree with the CPU (TF32 stays off)."""
+    if feeding and attention == "none":
+        pytest.skip("input feeding needs attention")
+    cfg = load_config(
+        overrides=[
+            *TINY_MODEL,
+            f"model.cell={cell}",
+            f"model.attention={attention}",
+            "model.hidden_size=64",
+            "model.encoder_hidden_size=64",
+            f"model.input_feeding={str(feeding).lower()}",
+        ]
+    ).model
+    batch = collate(Dataset(tiny_dataset).split("train"), np.arange(24))
+    results = []
+    for where in (torch.device("cpu"), device):
+        torch.manual_seed(0)
+        model = build_model(cfg, 48, 48).to(where)
+        loss, _ = LossModule(model, 0.1)(*batch.to(where)[:4])
+        loss.backward()
+        grads = {n: p.grad.detach().cpu() for n, p in model.named_parameters()}
+        results.append((loss.item(), grads))
+    (cpu_loss, cpu_grads), (gpu_loss, gpu_grads) = results
+    assert gpu_loss == pytest.approx(cpu_loss, rel=1e-5)
+    for name, grad in cpu_grads.items():
+        scale = grad.abs().max().item() + 1e-8
+        assert (gpu_grads[name] - grad).abs().max().item() <= 1e-4 * scale, name
+
+
+def _train_tiny(tiny_dataset, save_dir, device, *overrides):
+    cfg = load_config(
+        overrides=[*TINY_MODEL, "train.max_updates=400", "train.validate_every=400", *overrides]
+    )
+    return train(cfg, tiny_dataset, save_dir, device=str(device))
+
+
+def _final_accuracy(save_dir: Path) -> float:
+    rows = [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == "valid"][-1]["accuracy"]
+
+
+@pytest.fixture(scope="module")
+def fp32_run(tiny_dataset, device, tmp_path_factory):
+    save_dir = tmp_path_factory.mktemp("cuda-fp32")
+    best = _train_tiny(tiny_dataset, save_dir, device)
+    return best, _final_accuracy(save_dir)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_the_toy_task_as_well_as_fp32(
+    tiny_dataset, device, tmp_path, fp32_run, precision
+):
+    if precision == "fp16":
+        needs_fp16(device)
+    _train_tiny(tiny_dataset, tmp_path, device, f"train.precision={precision}")
+    _, fp32_accuracy = fp32_run
+    assert fp32_accuracy >= 80.0
+    # validation exact match on 60 sentences: one sentence is 1.7 points
+    assert _final_accuracy(tmp_path) >= fp32_accuracy - 7.0
+
+
+def test_bf16_runs_the_recurrent_layers_in_bf16_or_fp32_never_fp16(tiny_dataset, device):
+    """Autocast would run cuDNN RNNs in fp16 under bf16; run_rnn keeps bf16 honest."""
+    cfg = load_config(overrides=[*TINY_MODEL]).model
+    model = build_model(cfg, 48, 48).to(device)
+    seen = []
+    model.decoder.rnn.register_forward_hook(lambda m, i, o: seen.append(o[0].dtype))
+    batch = collate(Dataset(tiny_dataset).split("train"), np.arange(8)).to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        model.features(batch.src, batch.src_lengths, batch.tgt_in)
+    assert seen and torch.float16 not in seen
+
+
+def test_fp16_scaler_skips_an_overflowing_step_and_recovers(tiny_dataset, device):
+    needs_fp16(device)
+    cfg = load_config(overrides=[*TINY_MODEL]).model
+    torch.manual_seed(0)
+    model = build_model(cfg, 48, 48).to(device)
+    dtypes = []
+    model.decoder.rnn.register_forward_hook(lambda m, i, o: dtypes.append(o[0].dtype))
+    scaler = torch.amp.GradScaler("cuda", init_scale=1024.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    updater = Updater(
+        LossModule(model, 0.0), optimizer, scaler, device, "fp16", 5.0, DistributedContext()
+    )
+    split = Dataset(tiny_dataset).split("train")
+    batch = [collate(split, np.arange(16)).to(device)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    handle = model.decoder.output_bias.register_hook(lambda g: torch.full_like(g, float("inf")))
+    result = updater.update(batch, 1.0)
+    handle.remove()
+    assert dtypes[-1] == torch.float16  # really fp16 arithmetic in the RNN
+    assert result.skipped
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert scaler.get_scale() < 1024.0
+    losses = [updater.update(batch, 1.0) for _ in range(20)]
+    assert not any(r.skipped for r in losses)
+    assert losses[-1].loss < 0.8 * losses[0].loss
+
+
+def test_resume_on_cuda_equals_the_uninterrupted_run(tiny_dataset, device, tmp_path):
+    """Interrupted after 6 updates and resumed to 12 = 12 in one go (dropout on).
+
+    Bit-exact on the CPU; on CUDA the embedding backward accumulates with atomics, so the two
+    runs may differ in the last bits: within 1e-4 of the largest weight.
+    """
+    extra = ["model.dropout=0.2", "train.save_every=6"]
+    cfg_whole = load_config(overrides=[*TINY_MODEL, *extra, "train.max_updates=12"])
+    train(cfg_whole, tiny_dataset, tmp_path / "whole", device=str(device))
+    cfg_half = load_config(overrides=[*TINY_MODEL, *extra, "train.max_updates=6"])
+    train(cfg_half, tiny_dataset, tmp_path / "resumed", device=str(device))
+    train(cfg_whole, tiny_dataset, tmp_path / "resumed", device=str(device))
+    from s2s_cli.checkpoint import load_checkpoint
+
+    whole = load_checkpoint(tmp_path / "whole" / "checkpoint_last.pt")["model"]
+    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint_last.pt")["model"]
+    for name, value in whole.items():
+        tolerance = 0.0 if device.type == "cpu" else 1e-4 * value.abs().max().item()
+        assert (value - resumed[name]).abs().max().item() <= tolerance, name
+
+
+def test_cuda_checkpoint_translates_identically_on_the_cpu(fp32_run, device, sentences):
+    best, _ = fp32_run
+    on_cpu = Translator.from_checkpoint(best, device="cpu")
+    on_gpu = Translator.from_checkpoint(best, device=str(device))
+    for beam in (1, 5):
+        a = on_cpu.translate_hypotheses(sentences, beam=beam)
+        b = on_gpu.translate_hypotheses(sentences, beam=beam)
+        assert [t.text for t in a] == [t.text for t in b]
+        for x, y in zip(a, b):
+            assert x.hypotheses[0].score == pytest.approx(y.hypotheses[0].score, abs=1e-3)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cli_trains_on_cuda_and_logs_gpu_memory(tiny_dataset, device, tmp_path, precision):
+    if precision == "fp16":
+        needs_fp16(device)
+    if device.type != "cuda":
+        pytest.skip("the memory line is a CUDA feature")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "s2s_cli",
+            "train",
+            "--data",
+            str(tiny_dataset),
+            "--save-dir",
+            str(tmp_path / "run"),
+            "--device",
+            "cuda",
+            *TINY_MODEL,
+            f"train.precision={precision}",
+            "train.max_updates=20",
+            "train.log_every=10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "GPU memory" in result.stderr
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("gpu_peak_memory_gib", 0) > 0 for r in rows if r["kind"] == "train")
+
+
+# -- decoding ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def translators(trained_checkpoint, device):
+    return (
+        Translator.from_checkpoint(trained_checkpoint, device="cpu"),
+        Translator.from_checkpoint(trained_checkpoint, device=str(device)),
+    )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"beam": 1},
+        {"beam": 5},
+        {"beam": 5, "nbest": 3},
+        {"beam": 4, "lenpen": 0.6, "no_repeat_ngram": 3},
+    ],
+    ids=["greedy", "beam5", "nbest3", "lenpen-ngram"],
+)
+def test_fp32_decoding_on_cuda_equals_the_cpu(translators, sentences, options):
+    on_cpu, on_gpu = translators
+    a = on_cpu.translate_hypotheses(sentences, **options)
+    b = on_gpu.translate_hypotheses(sentences, **options)
+    for x, y in zip(a, b):
+        assert [h.tokens for h in x.hypotheses] == [h.tokens for h in y.hypotheses]
+        for hx, hy in zip(x.hypotheses, y.hypotheses):
+            assert hx.score == pytest.approx(hy.score, abs=1e-3)
+
+
+def test_alignments_and_ensembles_on_cuda_equal_the_cpu(trained_checkpoint, device, sentences):
+    cpu = Translator.from_checkpoint([trained_checkpoint, trained_checkpoint], device="cpu")
+    gpu = Translator.from_checkpoint([trained_checkpoint, trained_checkpoint], device=str(device))
+    a = cpu.translate_hypotheses(sentences, beam=5, keep_attention=True)
+    b = gpu.translate_hypotheses(sentences, beam=5, keep_attention=True)
+    for x, y in zip(a, b):
+        assert x.text == y.text
+        assert x.hypotheses[0].alignment == y.hypotheses[0].alignment
+        assert torch.allclose(x.hypotheses[0].attention, y.hypotheses[0].attention, atol=1e-4)
+
+
+def test_batch_of_1_equals_batch_of_128_on_cuda(translators, sentences):
+    _, on_gpu = translators
+    many = sentences * 3
+    alone = [on_gpu.translate_hypotheses([s], beam=5)[0] for s in many]
+    batched = on_gpu.translate_hypotheses(many, beam=5, batch_size=128)
+    for a, b in zip(alone, batched):
+        assert a.text == b.text
+        assert a.hypotheses[0].score == pytest.approx(b.hypotheses[0].score, abs=1e-4)
+
+
+def test_sampling_on_cuda_is_seeded_and_valid(translators, sentences):
+    _, on_gpu = translators
+    runs = []
+    for _ in range(2):
+        generator = torch.Generator(device=on_gpu.device).manual_seed(3)
+        out = on_gpu.translate_hypotheses(
+            sentences[:20], generator=generator, sampling=True, beam=1, topk=3
+        )
+        runs.append([t.text for t in out])
+    first, again = runs
+    assert first == again
+    # pieces of the target side only (upper-case letters), and the samples really vary
+    alphabet = set("".join(WORDS).upper() + " ")
+    assert all(t and set(t) <= alphabet for t in first)
+    greedy = on_gpu.translate(sentences[:20], beam=1)
+    assert first != greedy
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_decoding_keeps_the_toy_accuracy(translators, sentences, precision):
+    _, on_gpu = translators
+    if precision == "fp16":
+        needs_fp16(on_gpu.device)
+    fp32 = accuracy(on_gpu.translate(sentences, beam=5), sentences)
+    reduced = accuracy(on_gpu.translate(sentences, beam=5, precision=precision), sentences)
+    assert reduced >= fp32 - 5.0
+
+
+def test_real_model_reduced_precision_bleu_within_0_2_of_fp32(device):
+    """On a real model (set by benchmarks/gpu_check.sh after the Multi30k run): S2S_REAL_MODEL,
+    S2S_REAL_SOURCE and S2S_REAL_REFERENCE name a checkpoint, a source file and its reference."""
+    paths = [os.environ.get(k) for k in ("S2S_REAL_MODEL", "S2S_REAL_SOURCE", "S2S_REAL_REFERENCE")]
+    if not all(paths):
+        pytest.skip("no real model given (S2S_REAL_MODEL, S2S_REAL_SOURCE, S2S_REAL_REFERENCE)")
+    import sacrebleu
+
+    from s2s_cli.io import read_lines
+
+    translator = Translator.from_checkpoint(paths[0], device=str(device))
+    source, reference = list(read_lines(paths[1])), list(read_lines(paths[2]))
+    scores = {}
+    for precision in ("fp32", "bf16", "fp16") if device.type == "cuda" else ("fp32", "bf16"):
+        hypotheses = translator.translate(source, beam=5, precision=precision, batch_size=128)
+        scores[precision] = sacrebleu.corpus_bleu(hypotheses, [reference]).score
+    print(f"real-model BLEU by decoding precision: {scores}")
+    for precision, score in scores.items():
+        assert abs(score - scores["fp32"]) <= 0.2, (precision, scores)
