@@ -5,7 +5,7 @@
     python benchmarks/gpu.py decode --checkpoint CKPT --source test.en.gz [--big-lines 100000]
 
 ``train`` times updates (forward, backward, clipping, Adam) in this process, with CUDA
-synchronised around the timed window, for
+synchronised around the timed window, in steady state (a second pass over the same batches), for
 
 * bench-lstm (BENCH_MODEL of benchmarks/common.py) on the real Multi30k batches of DATASET_DIR
   (4,096-token batches): s2s in fp32/bf16/fp16, the choices s2s makes per device (packed vs
@@ -47,6 +47,7 @@ from s2s_cli.data.dataset import Dataset
 from s2s_cli.data.loader import Batch, collate
 from s2s_cli.data.spm import BOS, EOS, PAD
 from s2s_cli.device import autocast
+from s2s_cli.models import recurrent
 from s2s_cli.models.build import build_model, parameter_counts
 from s2s_cli.models.recurrent import cudnn_rnn_supports
 from s2s_cli.training.distributed import DistributedContext
@@ -215,27 +216,35 @@ def reference_step(model, optimizer, scaler, precision: str, device: torch.devic
 # -- measuring --------------------------------------------------------------------------------
 
 
-def measure(step, batches: list[Batch], warmup: int, device: torch.device) -> dict:
-    for batch in batches[:warmup]:
+def measure(step, batches: list[Batch], device: torch.device) -> dict:
+    """Steady state: one untimed pass over all batches, then a timed pass over the same ones.
+
+    cuDNN and cuBLAS plan per shape on first sight, which made whichever variant ran first
+    look up to 1.6x slower in the first runs (docs/benchmarks.md, "GPU").
+    """
+    for batch in batches:
         step(batch)
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    tokens = sum(int((b.tgt_out != PAD).sum()) for b in batches[warmup:])
+    tokens = sum(int((b.tgt_out != PAD).sum()) for b in batches)
     start = time.perf_counter()
-    for batch in batches[warmup:]:
+    for batch in batches:
         step(batch)
     sync(device)
     seconds = time.perf_counter() - start
     return {
         "tokens_per_s": tokens / seconds,
-        "updates": len(batches) - warmup,
-        "ms_per_update": 1000 * seconds / (len(batches) - warmup),
+        "updates": len(batches),
+        "ms_per_update": 1000 * seconds / len(batches),
         "peak_gib": peak_gib(device),
     }
 
 
-def s2s_step(cfg, vocab, precision, device, encoder_impl="auto", fused=None):
+def s2s_step(cfg, vocab, precision, device, encoder_impl="auto", fused=None, rnn=None):
+    """One s2s update (the trainer's Updater); ``rnn`` sets recurrent.BF16_RNN_ON_CUDA."""
+    if rnn is not None:
+        recurrent.BF16_RNN_ON_CUDA = rnn
     torch.manual_seed(1)
     model = build_model(cfg.model, vocab, vocab).to(device)
     model.encoder.impl = encoder_impl
@@ -304,7 +313,7 @@ def run_train(args: argparse.Namespace) -> dict:
             flush=True,
         )
 
-    batches, vocab = multi30k_batches(args.data, device, args.warmup + args.updates)
+    batches, vocab = multi30k_batches(args.data, device, args.updates)
     manifest = json.loads((args.data / "manifest.json").read_text())["splits"]["train"]
     n = manifest["sentences"]
     src_per_tgt = (manifest["tokens"]["src"] + n) / (manifest["tokens"]["tgt"] + n)
@@ -313,12 +322,15 @@ def run_train(args: argparse.Namespace) -> dict:
     feeding = load_config(overrides=[*BENCH_MODEL, "model.input_feeding=true"])
     flops = flops_per_target_token(bench, vocab, src_per_tgt, src_len)
     flops_feeding = flops_per_target_token(feeding, vocab, src_per_tgt, src_len)
+    default_rnn = recurrent.BF16_RNN_ON_CUDA
     variants = [
-        ("s2s fast path, bf16", bench, "bf16", {}),
+        ("s2s fast path, bf16 (RNN bf16)", bench, "bf16", {"rnn": "bf16"}),
+        ("s2s fast path, bf16 (RNN fp32)", bench, "bf16", {"rnn": "fp32"}),
+        ("s2s fast path, bf16 (RNN autocast fp16)", bench, "bf16", {"rnn": "autocast"}),
         ("s2s fast path, fp16", bench, "fp16", {}),
         ("s2s fast path, fp32", bench, "fp32", {}),
         ("s2s fast path, bf16, segment encoder", bench, "bf16", {"encoder_impl": "segments"}),
-        ("s2s fast path, bf16, plain loss", bench, "bf16", {"fused": False}),
+        ("s2s fast path, bf16, fused loss", bench, "bf16", {"fused": True}),
         ("s2s input feeding, bf16", feeding, "bf16", {}),
         ("s2s input feeding, fp32", feeding, "fp32", {}),
     ]
@@ -326,26 +338,32 @@ def run_train(args: argparse.Namespace) -> dict:
     for name, cfg, precision, options in variants:
         if dry_run and precision == "fp16":
             continue
-        step, params = s2s_step(cfg, vocab, precision, device, **options)
+        step, params = s2s_step(cfg, vocab, precision, device, **{"rnn": default_rnn, **options})
         chosen = flops_feeding if cfg is feeding else flops
-        record("bench-lstm", name, measure(step, batches, args.warmup, device), chosen, params)
+        record("bench-lstm", name, measure(step, batches, device), chosen, params)
+    recurrent.BF16_RNN_ON_CUDA = default_rnn
     for precision in ("bf16",) if dry_run else ("bf16", "fp16"):
         step, params = ref_step(bench, vocab, precision, device)
-        result = measure(step, batches, args.warmup, device)
+        result = measure(step, batches, device)
         record("bench-lstm", f"reference loop, {precision}", result, flops, params)
 
     gnmt = load_config(overrides=GNMT_MODEL)
-    gnmt_batches = synthetic_batches(
-        device, args.gnmt_warmup + args.gnmt_updates, sentences=args.gnmt_sentences
-    )
+    gnmt_batches = synthetic_batches(device, args.gnmt_updates, sentences=args.gnmt_sentences)
     gnmt_flops = flops_per_target_token(gnmt, 32000, 1.0, 28.5)
-    for name, precision in (("s2s, bf16", "bf16"), ("s2s, fp16", "fp16"))[: 1 if dry_run else 2]:
-        step, params = s2s_step(gnmt, 32000, precision, device)
-        result = measure(step, gnmt_batches, args.gnmt_warmup, device)
+    gnmt_variants = [
+        ("s2s, bf16 (RNN bf16)", "bf16", "bf16"),
+        ("s2s, bf16 (RNN fp32)", "bf16", "fp32"),
+        ("s2s, bf16 (RNN autocast fp16)", "bf16", "autocast"),
+        ("s2s, fp16", "fp16", default_rnn),
+    ]
+    for name, precision, rnn in gnmt_variants[: 1 if dry_run else len(gnmt_variants)]:
+        step, params = s2s_step(gnmt, 32000, precision, device, rnn=rnn)
+        result = measure(step, gnmt_batches, device)
         record("gnmt-v2", name, result, gnmt_flops, params)
+    recurrent.BF16_RNN_ON_CUDA = default_rnn
     for precision in ("bf16",) if dry_run else ("bf16", "fp16"):
         step, params = ref_step(gnmt, 32000, precision, device)
-        result = measure(step, gnmt_batches, args.gnmt_warmup, device)
+        result = measure(step, gnmt_batches, device)
         record("gnmt-v2", f"reference loop, {precision}", result, gnmt_flops, params)
     return {"environment": env, "rows": rows}
 
@@ -407,10 +425,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train")
     train.add_argument("--data", type=Path, required=True, help="preprocessed Multi30k en-de")
-    train.add_argument("--warmup", type=int, default=20)
-    train.add_argument("--updates", type=int, default=100)
-    train.add_argument("--gnmt-warmup", type=int, default=5)
-    train.add_argument("--gnmt-updates", type=int, default=30)
+    train.add_argument("--updates", type=int, default=60)
+    train.add_argument("--gnmt-updates", type=int, default=20)
     train.add_argument("--gnmt-sentences", type=int, default=128)
     decode = sub.add_parser("decode")
     decode.add_argument("--checkpoint", type=Path, required=True)

@@ -47,15 +47,15 @@ python3 -c 'import torch, sys; print("python", sys.version.split()[0], "| torch"
   "| gpu", torch.cuda.get_device_name(0))'
 mkdir -p "$work/tests" "$work/bench" "$work/recipe"
 
-stage "gpu tests" 130 python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider --durations=15 \
+stage "gpu tests" 110 python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider --durations=15 \
   -o junit_family=xunit2 --junitxml="$work/tests/junit.xml"
 
-stage "training benchmark" 110 python3 benchmarks/gpu.py train \
+stage "training benchmark" 120 python3 benchmarks/gpu.py train \
   --data gpu_data/multi30k-en-de-bpe8000 --out "$work/bench/train.json"
 
 echo "== recipe: MULTI30K=gpu_data/multi30k recipes/multi30k/run.sh en-de recipes/multi30k/gpu.yaml"
 MULTI30K=$PWD/gpu_data/multi30k WORK=$work/recipe \
-  stage "multi30k recipe" 340 bash recipes/multi30k/run.sh en-de recipes/multi30k/gpu.yaml
+  stage "multi30k recipe" 300 bash recipes/multi30k/run.sh en-de recipes/multi30k/gpu.yaml
 run=$work/recipe/en-de-gpu
 [ -f "$run/model/train.log" ] && grep -E "valid \||stopped|GPU memory" "$run/model/train.log" | tail -40
 chosen=$(cat "$run/chosen_checkpoint" 2>/dev/null || echo checkpoint_best)
@@ -64,7 +64,7 @@ model=$run/model/$chosen.pt
 if [ -f "$model" ]; then
   S2S_REAL_MODEL=$model S2S_REAL_SOURCE=gpu_data/multi30k/test_2016_flickr.en.gz \
   S2S_REAL_REFERENCE=gpu_data/multi30k/test_2016_flickr.de.gz \
-    stage "reduced-precision decoding on the Multi30k model" 70 python3 -m pytest -q -s -m gpu \
+    stage "reduced-precision decoding on the Multi30k model" 40 python3 -m pytest -q -s -m gpu \
       tests/gpu -p no:cacheprovider -k real_model
   stage "decoding benchmark" 100 python3 benchmarks/gpu.py decode --checkpoint "$model" \
     --source gpu_data/multi30k/test_2016_flickr.en.gz --extra gpu_data/multi30k/train.en.gz \

@@ -31,19 +31,30 @@ class Batch(NamedTuple):
     tgt_in: Tensor  # B x T
     tgt_out: Tensor  # B x T, PAD beyond each length
     ids: Tensor  # B, sentence indices in the split
+    # Token counts known on the host (-1: count from the tensors), so that the counts of a batch
+    # on a GPU do not make the training loop wait for the device.
+    source_count: int = -1
+    target_count: int = -1
 
     @property
     def target_tokens(self) -> int:
+        if self.target_count >= 0:
+            return self.target_count
         return int((self.tgt_out != PAD).sum())
 
     def padding(self) -> tuple[int, int]:
         """(padded positions, all positions) over source and target."""
-        real = int(self.src_lengths.sum()) + self.target_tokens
+        source = self.source_count if self.source_count >= 0 else int(self.src_lengths.sum())
+        real = source + self.target_tokens
         total = self.src.numel() + self.tgt_out.numel()
         return total - real, total
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
-        return Batch(*(t.to(device, non_blocking=non_blocking) for t in self))
+        return Batch(
+            *(t.to(device, non_blocking=non_blocking) for t in self[:5]),
+            self.source_count,
+            self.target_count,
+        )
 
 
 def source_tensor(sentences: list[np.ndarray]) -> tuple[Tensor, Tensor]:
@@ -74,6 +85,8 @@ def collate(split: ParallelSplit, indices: np.ndarray) -> Batch:
         torch.from_numpy(tgt_in),
         torch.from_numpy(tgt_out),
         torch.from_numpy(np.asarray(indices, dtype=np.int64)),
+        int(src_lengths.sum()),
+        sum(len(p[1]) + 1 for p in pairs),
     )
 
 

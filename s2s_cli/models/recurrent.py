@@ -2,11 +2,12 @@
 
 On CUDA, PyTorch's autocast runs cuDNN RNNs in **float16 whatever autocast dtype was asked for**
 (its ``_cudnn_rnn`` wrapper casts to half), so a ``bf16`` run would silently train its recurrent
-layers in fp16 without a gradient scaler. :func:`run_rnn` makes ``bf16`` mean bf16 there: the RNN
-runs outside autocast on bf16 copies of its weights where cuDNN supports bf16 RNNs (cuDNN 9.13+),
-and in float32 where it does not. The same rule lets inference models whose weights were cast to
-bf16 run on a cuDNN without bf16 RNNs. ``fp16`` keeps autocast's fp16 path (training pairs it with
-a gradient scaler). On the CPU the call is unchanged: oneDNN runs bf16 RNNs under autocast.
+layers in fp16 without a gradient scaler. :func:`run_rnn` never lets ``bf16`` mean fp16 there: the
+RNN runs outside autocast in bf16 (on bf16 copies of its weights, where cuDNN supports bf16 RNNs,
+9.13+) or in float32, as ``BF16_RNN_ON_CUDA`` says. The same rule lets inference models whose
+weights were cast to bf16 run on a cuDNN without bf16 RNNs. ``fp16`` keeps autocast's fp16 path
+(training pairs it with a gradient scaler). On the CPU the call is unchanged: oneDNN runs bf16
+RNNs under autocast.
 """
 
 from __future__ import annotations
@@ -23,8 +24,18 @@ from torch.nn.utils.rnn import PackedSequence
 RnnState = Tensor | tuple[Tensor, Tensor] | None
 
 
+# What a bf16 run computes its recurrent layers in on CUDA (measured by benchmarks/gpu.py):
+#   "bf16": bf16 copies of the weights per call (cuDNN 9.13+; else float32)
+#   "fp32": float32 weights as they are (cuDNN may use TF32, torch.backends.cudnn.allow_tf32)
+#   "autocast": PyTorch's autocast, which runs cuDNN RNNs in fp16
+# fp32 was the fastest on an H100 in one run (bench-lstm 219k target tok/s vs 178k autocast;
+# GNMT-shaped 80k vs 63k autocast and 67k bf16): casting the weights per call costs more than the
+# recurrence gains at these sizes. docs/benchmarks.md, "GPU".
+BF16_RNN_ON_CUDA = "fp32"
+
+
 def run_rnn(rnn: nn.RNNBase, inputs: Any, state: RnnState = None) -> tuple[Any, RnnState]:
-    """``rnn(inputs, state)``, with bf16 on CUDA computed in bf16 (or float32), never fp16.
+    """``rnn(inputs, state)``, with bf16 on CUDA never silently computed in fp16.
 
     ``inputs`` is a batch-first tensor or a ``PackedSequence``. Outputs come back in the dtype
     the inputs had, so the surrounding (autocast or pre-cast) code is unaffected.
@@ -37,7 +48,12 @@ def run_rnn(rnn: nn.RNNBase, inputs: Any, state: RnnState = None) -> tuple[Any, 
     wanted = autocast_dtype if autocasting else weight_dtype
     if wanted == torch.float16 and autocasting:
         return rnn(inputs, state)  # autocast's fp16 cuDNN path; the fp16 run has a GradScaler
-    if wanted == torch.bfloat16 and not cudnn_rnn_supports(torch.bfloat16, data.device):
+    if wanted == torch.bfloat16 and autocasting and BF16_RNN_ON_CUDA == "autocast":
+        return rnn(inputs, state)
+    if wanted == torch.bfloat16 and (
+        (autocasting and BF16_RNN_ON_CUDA == "fp32")
+        or not cudnn_rnn_supports(torch.bfloat16, data.device)
+    ):
         wanted = torch.float32
     if not autocasting and wanted == weight_dtype == data.dtype:
         return rnn(inputs, state)
@@ -56,13 +72,16 @@ def _call_in(
     rnn: nn.RNNBase, inputs: Any, state: RnnState, dtype: torch.dtype, out_dtype: torch.dtype
 ) -> tuple[Any, RnnState]:
     """Run ``rnn`` with weights, inputs and state cast to ``dtype`` (casts are differentiable)."""
-    with torch.autocast("cuda", enabled=False), warnings.catch_warnings():
-        # cuDNN copies the cast weights into one flat buffer per call, as autocast itself does
-        warnings.filterwarnings("ignore", message="RNN module weights are not part")
-        params = {name: p.to(dtype) for name, p in rnn.named_parameters()}
-        output, new_state = functional_call(
-            rnn, params, (_cast(inputs, dtype), _cast_state(state, dtype))
-        )
+    args = (_cast(inputs, dtype), _cast_state(state, dtype))
+    with torch.autocast("cuda", enabled=False):
+        if rnn.weight_ih_l0.dtype == dtype:
+            output, new_state = rnn(*args)
+        else:
+            with warnings.catch_warnings():
+                # cuDNN copies the cast weights into one flat buffer per call, as autocast does
+                warnings.filterwarnings("ignore", message="RNN module weights are not part")
+                params = {name: p.to(dtype) for name, p in rnn.named_parameters()}
+                output, new_state = functional_call(rnn, params, args)
     return _cast(output, out_dtype), new_state
 
 

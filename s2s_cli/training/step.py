@@ -18,7 +18,9 @@ from s2s_cli.training.loss import ProjectedCrossEntropy, label_smoothed_nll
 
 # Whether the fused projection + loss (training/loss.py) beats autograd's projection, log_softmax
 # and gather, per device type: measured by benchmarks/model_step.py (CPU) and benchmarks/gpu.py.
-FUSED_LOSS = {"cpu": True, "cuda": True}
+# On an H100 the plain objective was about 1.2x faster than the fused one on bench-lstm in bf16
+# (docs/benchmarks.md, "GPU"): the logits are cheap there and every extra kernel launch shows.
+FUSED_LOSS = {"cpu": True, "cuda": False}
 
 
 class LossModule(nn.Module):
@@ -91,7 +93,10 @@ class Updater:
             scaled = loss * scale
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             sums += torch.stack([loss.detach().double(), nll.double()])
-        grad_norm = self._clip()
+        norm = self._clip()
+        sums = all_reduce_tensor(sums, self.context)
+        # One device-to-host copy per update (it decides whether the step is applied).
+        grad_norm, loss_sum, nll_sum = torch.cat([norm.reshape(1).double(), sums]).tolist()
         skipped = not math.isfinite(grad_norm)
         if not skipped:
             if self.scaler is not None:
@@ -101,7 +106,6 @@ class Updater:
         if self.scaler is not None:
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, nll_sum = all_reduce_tensor(sums, self.context).tolist()
         padded = sum(b.padding()[0] for b in batches)
         positions = sum(b.padding()[1] for b in batches)
         return UpdateResult(loss_sum, nll_sum, int(tokens), grad_norm, skipped, padded, positions)
@@ -112,9 +116,10 @@ class Updater:
             return self.loss_module.no_sync()
         return contextlib.nullcontext()
 
-    def _clip(self) -> float:
+    def _clip(self) -> Tensor:
+        """Clip (when configured) and return the gradient norm before clipping, on the device."""
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         max_norm = self.clip_norm if self.clip_norm is not None else float("inf")
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)

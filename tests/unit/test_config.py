@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from s2s_cli.config import (
+    PRESET_DIR,
     ExperimentConfig,
     config_reference,
     dump_yaml,
@@ -132,3 +133,32 @@ def test_reference_lists_every_key_with_a_comment():
     assert "model.hidden_size" in keys and "train.label_smoothing" in keys
     assert len(keys) == len(set(keys))
     assert [r[0] for r in rows if not r[3]] == []
+
+
+CONFIG_FILES = sorted(Path(__file__).resolve().parents[2].glob("recipes/**/*.yaml"))
+PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def test_the_config_lists_are_not_empty():
+    assert len(CONFIG_FILES) >= 5 and "fast" in PRESETS
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_recipe_config_loads_and_builds_its_model(path, tiny_dataset):
+    """What `s2s train CONFIG --dry-run` checks, for every committed recipe config."""
+    from s2s_cli import Dataset
+    from s2s_cli.models.build import build_model
+
+    cfg = load_config(path)
+    src_vocab, tgt_vocab = Dataset(tiny_dataset).vocab_sizes
+    model = build_model(cfg.model, src_vocab, tgt_vocab)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_loads_and_builds_its_model(preset):
+    from s2s_cli.models.build import build_model
+
+    cfg = load_config(overrides=[f"model.preset={preset}"])
+    assert cfg.model.preset == preset
+    build_model(cfg.model, 30, 30)
