@@ -22,8 +22,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# tests/unit only: no model is trained (seconds). tests/training trains tiny models for a few
+# updates, tests/learning to a stated accuracy, tests/cli and tests/e2e run the commands.
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q tests/unit
 
 # The CUDA tests (they skip without a GPU; S2S_GPU_TESTS_ON_CPU=1 checks them on the CPU).
 test-gpu: setup
@@ -31,7 +33,7 @@ test-gpu: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check s2s_cli
+	$(BIN)/ruff format --check s2s_cli tests benchmarks scripts recipes demo
 
 docs: setup
 	$(BIN)/python scripts/gen_docs.py

@@ -13,7 +13,19 @@ from s2s_cli.data.dataset import Dataset
 from s2s_cli.data.preprocess import preprocess
 from s2s_cli.version import __version__
 
-__all__ = ["Dataset", "ExperimentConfig", "__version__", "load_config", "preprocess"]
+__all__ = [
+    "Dataset",
+    "ExperimentConfig",
+    "Seq2Seq",
+    "Translator",
+    "__version__",
+    "average_checkpoints",
+    "build_model",
+    "corpus_scores",
+    "load_config",
+    "preprocess",
+    "train",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -19,15 +19,19 @@ import yaml
 from s2s_cli.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
-PresetName = Literal["sutskever", "cho", "bahdanau", "luong", "fast"]
+# The one definition of each family of names; modules and tests take them from here.
+PresetName = Literal["sutskever", "cho", "bahdanau", "luong", "fast"]  # one per presets/*.yaml
+CellName = Literal["lstm", "gru", "rnn"]
+AttentionName = Literal["none", "dot", "scaled_dot", "general", "additive"]
+PRESETS: tuple[str, ...] = typing.get_args(PresetName)
+CELLS: tuple[str, ...] = typing.get_args(CellName)
+ATTENTIONS: tuple[str, ...] = typing.get_args(AttentionName)
 
 
 @dataclass
 class DataConfig:
     """How raw text becomes a binarized dataset (``s2s preprocess``)."""
 
-    src_lang: str | None = None  # source language suffix of the input files
-    tgt_lang: str | None = None  # target language suffix of the input files
     vocab_size: int = 8000  # SentencePiece vocabulary size (per model)
     spm_type: Literal["bpe", "unigram", "char", "word"] = "bpe"  # SentencePiece model type
     joint: bool = True  # one SentencePiece model shared by source and target
@@ -58,7 +62,7 @@ class ModelConfig:
     """The encoder-decoder architecture; ``preset`` is a starting point other keys override."""
 
     preset: PresetName | None = None  # named architecture (presets/*.yaml); other keys override it
-    cell: Literal["lstm", "gru", "rnn"] = "lstm"  # recurrent cell of encoder and decoder
+    cell: CellName = "lstm"  # recurrent cell of encoder and decoder
     embed_dim: int = 256  # embedding size (source and target)
     hidden_size: int = 512  # decoder hidden size
     encoder_hidden_size: int | None = None  # encoder output (both directions); null: hidden_size
@@ -66,7 +70,7 @@ class ModelConfig:
     decoder_layers: int = 1  # stacked decoder RNN layers
     bidirectional: bool = True  # bidirectional encoder (each direction gets half the size)
     bidirectional_layers: int | None = None  # bottom encoder layers read both ways (null: all)
-    attention: Literal["none", "dot", "scaled_dot", "general", "additive"] = "general"  # scoring
+    attention: AttentionName = "general"  # how decoder states score encoder outputs
     attention_placement: Literal["luong", "bahdanau"] = "luong"  # after (luong) or before the RNN
     input_feeding: bool = False  # feed the previous attentional vector into the next step
     peeky: bool = False  # feed the encoder summary to every decoder step and the output layer
@@ -116,13 +120,6 @@ class ModelConfig:
     @property
     def encoder_output_size(self) -> int:
         return self.encoder_hidden_size or self.hidden_size
-
-    @property
-    def fast_path(self) -> bool:
-        """True when the decoder needs no per-step feedback, so training runs it as one RNN call."""
-        return not self.input_feeding and (
-            self.attention == "none" or self.attention_placement == "luong"
-        )
 
 
 @dataclass
@@ -306,12 +303,20 @@ def load_config(
         raise ConfigError(f"{origin}: {err}" if origin else str(err)) from None
 
 
+# Keys earlier versions wrote and nothing ever read (the languages are `s2s preprocess` flags and
+# live in the dataset manifest): accepted on load, dropped.
+LEGACY_DATA_KEYS = ("src_lang", "tgt_lang")
+
+
 def from_dict(raw: dict[str, Any]) -> ExperimentConfig:
     """Validate a nested dict (from YAML or a checkpoint) into an ExperimentConfig."""
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     _check_names(raw, list(SECTIONS), "", what="section")
+    if isinstance(raw.get("data"), dict):
+        for key in LEGACY_DATA_KEYS:  # written by earlier versions into datasets and checkpoints
+            raw["data"].pop(key, None)
     model = raw.get("model")
     if isinstance(model, dict) and model.get("preset") is not None:
         preset = _build_value(model["preset"], PresetName | None, "model.preset")

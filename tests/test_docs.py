@@ -32,3 +32,26 @@ def test_reference_pages_cover_every_command_and_key():
         assert f"`{key}`" in pages["docs/configuration.md"]
     assert "`--beam N`" in pages["docs/cli/translate.md"]
     assert "`--min-bleu X`" in pages["docs/cli/score.md"]
+
+
+def test_the_module_map_lists_every_module():
+    """docs/architecture.md's module map names every module of the package, and only those."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = text.split("```\ns2s_cli/\n", 1)[1].split("```", 1)[0]
+    named, folder = set(), ""
+    for line in block.splitlines():
+        entry = line.strip().split("  ")[0]
+        if line.startswith("  ") and not line.startswith("    ") and entry.endswith("/"):
+            folder = entry
+        elif entry.endswith("/") or not entry:
+            continue
+        else:
+            prefix = folder if line.startswith("    ") else ""
+            names = [name.strip() for name in entry.split(",")]
+            named |= {prefix + name for name in names if name.endswith(".py")}
+    modules = {
+        str(p.relative_to(ROOT / "s2s_cli"))
+        for p in (ROOT / "s2s_cli").rglob("*.py")
+        if p.name != "__init__.py" or p.parent.name in ("s2s_cli", "cli")
+    }
+    assert named == modules

@@ -91,8 +91,6 @@ def preprocess(
             "spm_type": spm_type,
             "joint": joint,
             "workers": workers,
-            "src_lang": src_lang,
-            "tgt_lang": tgt_lang,
         }.items()
         if v is not None
     }

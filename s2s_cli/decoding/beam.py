@@ -19,13 +19,7 @@ from torch import Tensor
 
 from s2s_cli.config import DecodeConfig
 from s2s_cli.data.spm import BOS, EOS
-from s2s_cli.decoding.constraints import (
-    block_repeated_ngrams,
-    constrain_step,
-    coverage_penalty,
-    length_penalty,
-    max_lengths,
-)
+from s2s_cli.decoding.constraints import final_score, max_lengths, shape_step
 from s2s_cli.decoding.hypothesis import Hypothesis
 from s2s_cli.decoding.scorer import Scorer
 
@@ -89,7 +83,7 @@ def beam_search(
     enc = scorer.encode(src, src_lengths)
     state = scorer.init_state(enc)
     rows = torch.arange(batch, device=device).repeat_interleave(beam)
-    enc, state = scorer.select(enc, state, rows)
+    enc, state = scorer.select_encoder(enc, rows), scorer.select_state(state, rows)
     scores = torch.full((batch, beam), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: keep one so hypotheses stay distinct
     beams = _Beams(
@@ -107,15 +101,15 @@ def beam_search(
     step = 0
     while beams.sentences:
         lprobs, state, step_attention = scorer.step(beams.tokens[:, -1], state, enc)
-        lprobs = constrain_step(lprobs, step, beams.max_len, cfg.min_len)
-        if cfg.no_repeat_ngram:
-            lprobs = block_repeated_ngrams(lprobs, beams.tokens[:, 1:], cfg.no_repeat_ngram)
+        lprobs = shape_step(lprobs, step, beams.max_len, beams.tokens[:, 1:], cfg)
         top_scores, top_rows, top_tokens = _top_candidates(beams.scores, lprobs, beam)
         next_scores, next_rows, next_tokens = _next_beams(top_scores, top_rows, top_tokens, beam)
         # The step's one wait on the device: which extensions end in EOS, which sentences can
         # go no further. Everything else stays on the device.
         ending, stuck = _step_flags(beams, top_scores, top_tokens, next_scores, step, beam)
         _finalize(finished, beams, ending, top_scores, top_rows, lprobs, step_attention, cfg)
+        # keep: positions (among the active sentences) of those that go on: not at their length
+        # limit, some live beam, fewer than `beam` finished hypotheses
         keep = [
             i
             for i, sentence in enumerate(beams.sentences)
@@ -132,8 +126,10 @@ def beam_search(
             rows, keep, next_scores, next_tokens.view(-1), piece_scores.view(-1), step_attention
         )
         if keep and len(keep) < len(stuck):  # sentences left: drop their encoder rows too
+            # enc_rows: each kept sentence's first row (all its beams share the encoder output),
+            # repeated once per beam of the new layout
             enc_rows = (torch.tensor(keep, device=device) * beam).repeat_interleave(beam)
-            enc, _ = scorer.select(enc, state, enc_rows)
+            enc = scorer.select_encoder(enc, enc_rows)
         # Beams of one sentence share its encoder rows, so reordering them leaves the encoder
         # output unchanged: only the decoder state follows the chosen beams.
         state = scorer.select_state(state, rows)
@@ -214,11 +210,8 @@ def _finalize(
         full = full.float().cpu()
         attentions = [full[k, :, : src_len[k]] for k in range(len(taken))]
     for k, (i, _) in enumerate(taken):
-        score = scores[k] / length_penalty(len(pieces[k]), cfg.lenpen, cfg.lenpen_style)
-        attention = attentions[k]
-        if attention is not None:
-            score += coverage_penalty(attention, cfg.coverage_penalty)
-        finished[beams.sentences[i]].append(Hypothesis(tokens[k], score, pieces[k], attention))
+        score = final_score(scores[k], len(pieces[k]), attentions[k], cfg)
+        finished[beams.sentences[i]].append(Hypothesis(tokens[k], score, pieces[k], attentions[k]))
 
 
 def _next_beams(

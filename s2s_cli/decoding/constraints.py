@@ -9,7 +9,28 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from s2s_cli.config import DecodeConfig
 from s2s_cli.data.spm import BOS, EOS, PAD
+
+
+def shape_step(
+    lprobs: Tensor, step: int, max_len: Tensor, history: Tensor, cfg: DecodeConfig
+) -> Tensor:
+    """Every search's per-step rules: length limits (:func:`constrain_step`), then n-gram
+    blocking over ``history`` (rows x pieces emitted so far, BOS excluded)."""
+    lprobs = constrain_step(lprobs, step, max_len, cfg.min_len)
+    if cfg.no_repeat_ngram:
+        lprobs = block_repeated_ngrams(lprobs, history, cfg.no_repeat_ngram)
+    return lprobs
+
+
+def final_score(log_prob: float, length: int, attention: Tensor | None, cfg: DecodeConfig) -> float:
+    """A finished hypothesis's score: its log-probability over the length penalty of ``length``
+    (pieces emitted, EOS included), plus the coverage penalty when its attention is known."""
+    score = log_prob / length_penalty(length, cfg.lenpen, cfg.lenpen_style)
+    if attention is not None:
+        score += coverage_penalty(attention, cfg.coverage_penalty)
+    return score
 
 
 def max_lengths(src_lengths: Tensor, a: float, b: int) -> Tensor:

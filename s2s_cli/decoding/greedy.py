@@ -9,13 +9,7 @@ from torch import Tensor
 
 from s2s_cli.config import DecodeConfig
 from s2s_cli.data.spm import BOS, EOS
-from s2s_cli.decoding.constraints import (
-    block_repeated_ngrams,
-    constrain_step,
-    coverage_penalty,
-    length_penalty,
-    max_lengths,
-)
+from s2s_cli.decoding.constraints import final_score, max_lengths, shape_step
 from s2s_cli.decoding.hypothesis import Hypothesis
 from s2s_cli.decoding.scorer import Scorer
 
@@ -66,9 +60,7 @@ def single_path_search(
     step = 0
     while rows:
         lprobs, state, step_attention = scorer.step(tokens[:, -1], state, enc)
-        lprobs = constrain_step(lprobs, step, max_len, cfg.min_len)
-        if cfg.no_repeat_ngram:
-            lprobs = block_repeated_ngrams(lprobs, tokens[:, 1:], cfg.no_repeat_ngram)
+        lprobs = shape_step(lprobs, step, max_len, tokens[:, 1:], cfg)
         chosen = choose(lprobs)
         tokens = torch.cat([tokens, chosen.unsqueeze(1)], dim=1)
         piece_scores = torch.cat([piece_scores, lprobs.gather(1, chosen.unsqueeze(1))], dim=1)
@@ -95,7 +87,7 @@ def single_path_search(
             keep = torch.tensor(live, device=device)
             tokens, piece_scores, max_len = tokens[keep], piece_scores[keep], max_len[keep]
             attention = None if attention is None else attention[keep]
-            enc, state = scorer.select(enc, state, keep)
+            enc, state = scorer.select_encoder(enc, keep), scorer.select_state(state, keep)
         step += 1
     return results
 
@@ -106,8 +98,5 @@ def _hypothesis(
     pieces = emitted
     if pieces and pieces[-1] == EOS:
         pieces = pieces[:-1]
-    raw = sum(scores)
-    score = raw / length_penalty(len(scores), cfg.lenpen, cfg.lenpen_style)
-    if attention is not None:
-        score += coverage_penalty(attention, cfg.coverage_penalty)
+    score = final_score(sum(scores), len(scores), attention, cfg)
     return Hypothesis(pieces, score, scores, attention)

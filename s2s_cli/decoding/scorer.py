@@ -2,7 +2,8 @@
 
 A scorer turns previous tokens into next-token log-probabilities. ``Ensemble([model])`` is the
 ordinary case; several models average their log-probabilities (and attention). Searches only ever
-call ``encode``, ``init_state``, ``step`` and ``select``, so a scripted fake scorer can test them.
+call ``encode``, ``init_state``, ``step``, ``select_encoder`` and ``select_state``, so a scripted
+fake scorer can test them.
 """
 
 from __future__ import annotations
@@ -24,9 +25,13 @@ class Scorer(Protocol):
         """Log-probabilities ``B x V`` (float32), the new state and attention ``B x S`` or None."""
         ...
 
-    def select(self, enc: Any, state: Any, index: Tensor) -> tuple[Any, Any]: ...
+    def select_encoder(self, enc: Any, index: Tensor) -> Any:
+        """The encoder output's rows ``index`` (sentences leaving, beams being laid out)."""
+        ...
 
-    def select_state(self, state: Any, index: Tensor) -> Any: ...
+    def select_state(self, state: Any, index: Tensor) -> Any:
+        """The decoder state's rows ``index`` (every step of a beam search)."""
+        ...
 
 
 class Ensemble:
@@ -60,10 +65,8 @@ class Ensemble:
             attention = torch.stack([a.float() for a in attentions]).mean(0)
         return averaged, new_states, attention
 
-    def select(
-        self, encs: list[Any], states: list[Any], index: Tensor
-    ) -> tuple[list[Any], list[Any]]:
-        return [e.select(index) for e in encs], [s.select(index) for s in states]
+    def select_encoder(self, encs: list[Any], index: Tensor) -> list[Any]:
+        return [e.select(index) for e in encs]
 
     def select_state(self, states: list[Any], index: Tensor) -> list[Any]:
         return [s.select(index) for s in states]

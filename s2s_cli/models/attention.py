@@ -18,7 +18,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-ATTENTION_KINDS = ("dot", "scaled_dot", "general", "additive")
+from s2s_cli.config import ATTENTIONS
+
+ATTENTION_KINDS = tuple(kind for kind in ATTENTIONS if kind != "none")  # "none": no module
 
 
 class Attention(nn.Module):

@@ -28,29 +28,33 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> S
         tgt_embedding = _embedding(tgt_vocab_size, cfg.embed_dim, std)
     encoder = Encoder(
         src_embedding,
-        cfg.cell,
-        cfg.encoder_output_size,
-        cfg.encoder_layers,
-        cfg.bidirectional,
-        cfg.dropout,
-        cfg.reverse_source,
+        cell=cfg.cell,
+        output_size=cfg.encoder_output_size,
+        layers=cfg.encoder_layers,
+        bidirectional=cfg.bidirectional,
+        dropout=cfg.dropout,
+        reverse_source=cfg.reverse_source,
         bidirectional_layers=cfg.bidirectional_layers,
     )
     decoder = Decoder(
         tgt_embedding,
-        cfg.cell,
-        cfg.hidden_size,
-        cfg.decoder_layers,
-        cfg.encoder_output_size,
-        cfg.attention,
-        cfg.attention_placement,
-        cfg.input_feeding,
-        cfg.peeky,
-        cfg.tie_embeddings,
-        cfg.dropout,
+        cell=cfg.cell,
+        hidden_size=cfg.hidden_size,
+        layers=cfg.decoder_layers,
+        encoder_size=cfg.encoder_output_size,
+        attention=cfg.attention,
+        placement=cfg.attention_placement,
+        input_feeding=cfg.input_feeding,
+        peeky=cfg.peeky,
+        tie_embeddings=cfg.tie_embeddings,
+        dropout=cfg.dropout,
     )
     bridge = Bridge(
-        cfg.bridge, cfg.cell, cfg.encoder_output_size, cfg.hidden_size, cfg.decoder_layers
+        cfg.bridge,
+        cell=cfg.cell,
+        encoder_size=cfg.encoder_output_size,
+        hidden_size=cfg.hidden_size,
+        layers=cfg.decoder_layers,
     )
     model = Seq2Seq(encoder, decoder, bridge)
     if cfg.weight_init == "lecun_normal":

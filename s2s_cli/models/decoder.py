@@ -25,8 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from s2s_cli.models.attention import Attention
-from s2s_cli.models.encoder import RNN_CLASSES, EncoderOut
-from s2s_cli.models.recurrent import run_rnn
+from s2s_cli.models.encoder import EncoderOut
+from s2s_cli.models.recurrent import RNN_CLASSES, run_rnn
 
 
 class DecoderState(NamedTuple):
@@ -53,6 +53,7 @@ class Decoder(nn.Module):
     def __init__(
         self,
         embedding: nn.Embedding,
+        *,
         cell: str,
         hidden_size: int,
         layers: int,

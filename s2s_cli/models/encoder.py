@@ -8,9 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from s2s_cli.models.recurrent import run_rnn
-
-RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+from s2s_cli.models.recurrent import RNN_CLASSES, run_rnn
 
 
 class EncoderOut(NamedTuple):
@@ -67,6 +65,7 @@ class Encoder(nn.Module):
     def __init__(
         self,
         embedding: nn.Embedding,
+        *,
         cell: str,
         output_size: int,
         layers: int,

@@ -21,7 +21,18 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import PackedSequence
 
+from s2s_cli.config import CELLS
+
 RnnState = Tensor | tuple[Tensor, Tensor] | None
+
+RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+if set(RNN_CLASSES) != set(CELLS):  # pragma: no cover - caught by every test run
+    raise ImportError(f"RNN_CLASSES {sorted(RNN_CLASSES)} != config CellName {sorted(CELLS)}")
+
+
+def has_cell_state(cell: str) -> bool:
+    """Whether the recurrent state has a memory cell besides the hidden state (LSTM)."""
+    return issubclass(RNN_CLASSES[cell], nn.LSTM)
 
 
 # What a bf16 run computes its recurrent layers in on CUDA (measured by benchmarks/gpu.py):

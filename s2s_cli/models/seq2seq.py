@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from s2s_cli.models.decoder import Decoder, DecoderState
 from s2s_cli.models.encoder import Encoder, EncoderOut
+from s2s_cli.models.recurrent import has_cell_state
 
 
 class Bridge(nn.Module):
@@ -29,13 +30,13 @@ class Bridge(nn.Module):
     """
 
     def __init__(
-        self, kind: str, cell: str, encoder_size: int, hidden_size: int, layers: int
+        self, kind: str, *, cell: str, encoder_size: int, hidden_size: int, layers: int
     ) -> None:
         super().__init__()
         self.kind = kind
         self.layers = layers
         self.hidden_size = hidden_size
-        self.has_cell = cell == "lstm"
+        self.has_cell = has_cell_state(cell)
         if kind == "bridge":
             self.hidden_proj = nn.Linear(encoder_size, layers * hidden_size)
             self.cell_proj = (

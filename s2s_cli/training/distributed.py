@@ -19,6 +19,7 @@ class DistributedContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_process_group: bool = False  # this run created the group, so it destroys it at the end
 
     @property
     def enabled(self) -> bool:
@@ -40,12 +41,14 @@ def init_distributed(device_kind: str) -> DistributedContext:
     world_size = int(os.environ["WORLD_SIZE"])
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    owns = False
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device_kind == "cuda" else "gloo"
         if device_kind == "cuda":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
-    return DistributedContext(rank, world_size, local_rank)
+        owns = True
+    return DistributedContext(rank, world_size, local_rank, owns)
 
 
 def all_reduce_sum(value: float, context: DistributedContext, device: torch.device) -> float:
@@ -67,6 +70,7 @@ def any_rank(flag: bool, context: DistributedContext, device: torch.device) -> b
     return all_reduce_sum(float(flag), context, device) > 0
 
 
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
+def shutdown(context: DistributedContext) -> None:
+    """Leave the process group this run created (NCCL warns at exit about one left open)."""
+    if context.owns_process_group and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -73,9 +73,12 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
         workspace: _Workspace,
     ) -> tuple[Tensor, Tensor]:
         dtype = inputs.dtype  # under autocast the features arrive in the autocast dtype
+        # one reused N x V buffer: allocating 32M floats per batch costs page faults every update
         logits = workspace.logits(inputs.size(0), weight.size(0), inputs)
         with torch.autocast(inputs.device.type, enabled=False):
             torch.addmm(bias.to(dtype), inputs, weight.to(dtype).t(), out=logits)
+        # statistics in float32 even for bf16 logits (a bf16 logsumexp loses ~2 digits); lse is
+        # all the backward needs besides the buffer, so softmax is never stored
         stats = torch.float64 if dtype == torch.float64 else torch.float32
         lse = torch.empty(inputs.size(0), dtype=stats, device=inputs.device)
         loss = inputs.new_zeros((), dtype=torch.float64)
@@ -87,6 +90,7 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
             lse[start : start + z.size(0)] = chunk_lse
             chunk_nll = chunk_lse - z.gather(1, target[start : start + z.size(0), None]).squeeze(1)
             nll += chunk_nll.sum()
+            # smoothing term: -mean_v log p_v = lse - mean_v z_v, no log-softmax matrix needed
             loss += (1.0 - epsilon) * chunk_nll.sum() + epsilon * (chunk_lse - z.mean(-1)).sum()
         ctx.save_for_backward(inputs, weight, target, lse)
         ctx.epsilon, ctx.workspace, ctx.generation = epsilon, workspace, workspace.generation
@@ -111,12 +115,15 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
         for start in range(0, logits.size(0), chunk):
             block = logits[start : start + chunk]
             rows = block.size(0)
+            # d loss / d z = softmax(z) - (1 - eps) onehot(y) - eps / V, scaled by the upstream g
             grad = block.to(lse.dtype).sub_(lse[start : start + rows, None]).exp_().mul_(g)
             if epsilon > 0.0:
                 grad.sub_(g * epsilon / vocab)
             index = torch.arange(rows, device=grad.device)
             grad[index, target[start : start + rows]] -= g * (1.0 - epsilon)
             block.copy_(grad)  # the logits buffer now holds d loss / d logits
+        # the buffer now holds d loss / d logits: two matrix products give the input and weight
+        # gradients, as autograd would from a materialised logits tensor
         grad_inputs = logits @ weight.to(logits.dtype)
         grad_weight = (logits.t() @ inputs).to(weight.dtype)
         grad_bias = logits.sum(0, dtype=lse.dtype).to(ctx.bias_dtype)

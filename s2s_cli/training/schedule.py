@@ -86,3 +86,13 @@ class LearningRate:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scale, self.best, self.bad = state["scale"], state["best"], state["bad"]
+
+
+def teacher_forcing_ratio(cfg: TrainConfig, updates: int) -> float:
+    """Probability of feeding the gold previous token after ``updates`` updates: constant
+    ``teacher_forcing``, or linear from it to ``teacher_forcing_final`` over
+    ``teacher_forcing_updates`` updates (then constant)."""
+    if cfg.teacher_forcing_final is None or cfg.teacher_forcing_updates is None:
+        return cfg.teacher_forcing
+    progress = min(1.0, updates / cfg.teacher_forcing_updates)
+    return cfg.teacher_forcing + progress * (cfg.teacher_forcing_final - cfg.teacher_forcing)

@@ -41,9 +41,10 @@ from s2s_cli.training.distributed import (
     all_reduce_tensor,
     any_rank,
     init_distributed,
+    shutdown,
 )
 from s2s_cli.training.report import Reporter
-from s2s_cli.training.schedule import LearningRate, build_optimizer
+from s2s_cli.training.schedule import LearningRate, build_optimizer, teacher_forcing_ratio
 from s2s_cli.training.step import LossModule, Updater
 from s2s_cli.training.validate import HIGHER_IS_BETTER, Validator
 from s2s_cli.version import __version__
@@ -118,7 +119,7 @@ class TrainingRun:
         if self.context.is_main:
             check_writable_dir(save_dir, "save directory")
         saved = self._existing_checkpoint(resume)
-        self._build(saved)
+        self._build()
         self.reporter = Reporter(
             save_dir,
             self.context.is_main,
@@ -153,7 +154,7 @@ class TrainingRun:
         _check_same_run(checkpoint_config(saved, path), self.cfg, path)
         return saved
 
-    def _build(self, saved: dict[str, Any] | None) -> None:
+    def _build(self) -> None:
         cfg = self.cfg
         src_vocab, tgt_vocab = self.dataset.vocab_sizes
         torch.manual_seed(cfg.train.seed)
@@ -316,11 +317,7 @@ class TrainingRun:
         )
 
     def _teacher_forcing(self) -> float:
-        t = self.cfg.train
-        if t.teacher_forcing_final is None or t.teacher_forcing_updates is None:
-            return t.teacher_forcing
-        progress = min(1.0, self.updates / t.teacher_forcing_updates)
-        return t.teacher_forcing + progress * (t.teacher_forcing_final - t.teacher_forcing)
+        return teacher_forcing_ratio(self.cfg.train, self.updates)
 
     # -- stopping --------------------------------------------------------------------------------
 
@@ -481,6 +478,7 @@ class TrainingRun:
     def close(self) -> None:
         if hasattr(self, "reporter"):
             self.reporter.close()
+        shutdown(self.context)
 
 
 def _check_same_run(saved: ExperimentConfig, current: ExperimentConfig, path: Path) -> None:

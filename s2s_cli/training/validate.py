@@ -18,6 +18,7 @@ from s2s_cli.decoding.search import search_all
 from s2s_cli.device import autocast
 from s2s_cli.io import read_lines
 from s2s_cli.models.seq2seq import Seq2Seq
+from s2s_cli.scoring import corpus_scores
 from s2s_cli.training.step import LossModule
 
 HIGHER_IS_BETTER = {"bleu": True, "chrf": True, "accuracy": True, "loss": False}
@@ -82,17 +83,14 @@ class Validator:
             hypotheses = self.translations(model)
         finally:
             model.train(was_training)
-        import sacrebleu
-
-        bleu = sacrebleu.corpus_bleu(hypotheses, [self.references])
-        chrf = sacrebleu.corpus_chrf(hypotheses, [self.references])
+        scores = corpus_scores(hypotheses, [self.references], metrics=("bleu", "chrf"))
         exact = sum(h == r for h, r in zip(hypotheses, self.references, strict=True))
         return {
             "loss": loss,
             "nll": nll,
             "ppl": math.exp(min(nll, 100.0)),
-            "bleu": bleu.score,
-            "chrf": chrf.score,
+            "bleu": scores["bleu"].score,
+            "chrf": scores["chrf"].score,
             "accuracy": 100.0 * exact / max(self.count, 1),  # exact-match %
             "sentences": float(self.count),
         }

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from s2s_cli import Dataset, Translator, load_config, train
+from s2s_cli.config import CELLS
 from s2s_cli.data.loader import collate
 from s2s_cli.models.build import build_model
 from s2s_cli.training.distributed import DistributedContext
@@ -68,7 +69,7 @@ def accuracy(translations: list[str], sentences: list[str]) -> float:
 
 VARIANTS = [
     (cell, attention, feeding)
-    for cell in ("lstm", "gru", "rnn")
+    for cell in CELLS
     for attention in ("none", "dot", "general", "additive")
     for feeding in (False, True)
 ]

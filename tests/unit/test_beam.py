@@ -42,8 +42,8 @@ class ScriptedScorer:
         step = min(int(state[0]), len(self.script) - 1)
         return self.script[step].expand(prev.size(0), VOCAB).clone(), state + 1, None
 
-    def select(self, enc, state, index):
-        return enc[index], state[index]
+    def select_encoder(self, enc, index):
+        return enc[index]
 
     def select_state(self, state, index):
         return state[index]
@@ -105,9 +105,48 @@ def test_max_len_forces_eos():
     assert hyps[1].score == pytest.approx(math.log(0.3 * 0.5), abs=1e-6)
 
 
+# Per-source scripts: what a sentence's search finds depends on its own source only.
+SCRIPTS = {
+    7: SCRIPT,
+    8: [dist(0.1, 0.3, 0.6), dist(0.5, 0.4, 0.1), dist(0.9, 0.05, 0.05)],  # a and b swapped
+    9: [dist(0.2, 0.5, 0.3), dist(0.1, 0.2, 0.7), dist(0.3, 0.6, 0.1), dist(0.9, 0.05, 0.05)],
+}
+
+
+class SourceScriptedScorer(ScriptedScorer):
+    """Each row follows the script its source's first piece names (the encoder output)."""
+
+    def __init__(self):
+        self.scripts = {k: [p.log() for p in v] for k, v in SCRIPTS.items()}
+
+    def encode(self, src, lengths):
+        return src[:, 0].clone()
+
+    def step(self, prev, state, enc):
+        rows = []
+        for source, step in zip(enc.tolist(), state.tolist()):
+            script = self.scripts[source]
+            rows.append(script[min(step, len(script) - 1)])
+        return torch.stack(rows), state + 1, None
+
+
 def test_batched_sentences_are_independent():
-    batched = search(sentences=3)
-    assert all([h.tokens for h in hyps] == [[A], [A, B]] for hyps in batched)
+    """Distinct sources, of different lengths: each sentence's hypotheses and scores in a batch
+    equal those it gets alone, and they differ from sentence to sentence."""
+    sources = [[7, 7, 7, EOS], [8, EOS, 0, 0], [9, 9, EOS, 0]]
+    lengths = [4, 2, 3]
+    options = DecodeConfig(beam=3, nbest=3, lenpen=1.0, min_len=0)
+    batched = beam_search(
+        SourceScriptedScorer(), torch.tensor(sources), torch.tensor(lengths), options
+    )
+    alone = [
+        beam_search(SourceScriptedScorer(), torch.tensor([s[:n]]), torch.tensor([n]), options)[0]
+        for s, n in zip(sources, lengths)
+    ]
+    for together, single in zip(batched, alone):
+        assert [h.tokens for h in together] == [h.tokens for h in single]
+        assert [h.score for h in together] == pytest.approx([h.score for h in single])
+    assert len({tuple(map(tuple, (h.tokens for h in hyps))) for hyps in batched}) == 3
 
 
 def test_beam_one_equals_greedy():
@@ -154,3 +193,17 @@ def test_length_penalty_values():
     assert length_penalty(4, 0.0, "average") == 1.0
     assert length_penalty(4, 1.0, "average") == 4
     assert length_penalty(7, 0.6, "gnmt") == pytest.approx((12 / 6) ** 0.6)
+
+
+def test_coverage_penalty_by_hand():
+    from s2s_cli.decoding.constraints import coverage_penalty, final_score
+
+    # two target steps over three source positions: coverage per source 0.9, 0.7, 0.4 (capped at 1)
+    attention = torch.tensor([[0.5, 0.3, 0.2], [0.4, 0.4, 0.2]])
+    expected = 0.5 * (math.log(0.9) + math.log(0.7) + math.log(0.4))
+    assert coverage_penalty(attention, 0.5) == pytest.approx(expected)
+    assert coverage_penalty(attention, 0.0) == 0.0
+    full = torch.tensor([[0.9, 0.1], [0.6, 0.4]])  # 1.5 and 0.5: the first is capped at 1
+    assert coverage_penalty(full, 1.0) == pytest.approx(math.log(0.5))
+    cfg = DecodeConfig(lenpen=1.0, coverage_penalty=0.5)
+    assert final_score(-3.0, 3, attention, cfg) == pytest.approx(-1.0 + expected)

@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from s2s_cli.config import ModelConfig, load_config
+from s2s_cli.config import ATTENTIONS, CELLS, PRESETS, ModelConfig, load_config
 from s2s_cli.data.spm import BOS, EOS, PAD
 from s2s_cli.errors import ConfigError
 from s2s_cli.models.build import build_model, parameter_counts
@@ -54,8 +54,8 @@ GRID = list(
 )
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("attention", ["none", "dot", "scaled_dot", "general", "additive"])
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("attention", ATTENTIONS)
 def test_every_variant_builds_and_step_decoding_equals_teacher_forcing(cell, attention):
     """The key invariant, over the whole grid: incremental decoding == teacher-forced forward."""
     src, lengths, tgt_in = batch()
@@ -117,7 +117,7 @@ def test_fused_path_has_no_python_loop_over_time(monkeypatch):
     assert not looped.decoder.fused
 
 
-@pytest.mark.parametrize("preset", ["sutskever", "cho", "bahdanau", "luong", "fast"])
+@pytest.mark.parametrize("preset", PRESETS)
 def test_padding_never_changes_a_result(preset):
     cfg = load_config(
         overrides=[
@@ -167,7 +167,7 @@ def test_select_reorders_like_decoding_the_reordered_batch():
         assert torch.allclose(a, b, atol=1e-5) and torch.allclose(att_a, att_b, atol=1e-6)
 
 
-@pytest.mark.parametrize("preset", ["sutskever", "cho", "bahdanau", "luong", "fast"])
+@pytest.mark.parametrize("preset", PRESETS)
 def test_every_parameter_receives_a_gradient(preset):
     cfg = load_config(
         overrides=[f"model.preset={preset}", "model.embed_dim=8", "model.hidden_size=12"]
@@ -291,7 +291,7 @@ def test_lecun_normal_init_scales_by_fan_in_and_leaves_embeddings_alone():
     assert checked >= 5
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize(("layers", "bidirectional_layers"), [(1, None), (2, None), (3, 1), (2, 0)])
 def test_packed_encoder_equals_the_segment_encoder(cell, layers, bidirectional_layers):
     """The CUDA encoder path (PackedSequence) computes exactly what the CPU path does."""

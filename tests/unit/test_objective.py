@@ -164,3 +164,39 @@ def test_rnn_cast_call_computes_in_the_requested_dtype_and_reaches_fp32_weights(
     assert torch.equal(out, expected.float())
     out.sum().backward()
     assert rnn.weight_hh_l0.grad is not None and rnn.weight_hh_l0.grad.dtype == torch.float32
+
+
+def test_teacher_forcing_schedule():
+    from s2s_cli.training.schedule import teacher_forcing_ratio
+
+    constant = TrainConfig(teacher_forcing=0.8)
+    assert [teacher_forcing_ratio(constant, u) for u in (0, 10**6)] == [0.8, 0.8]
+    linear = TrainConfig(teacher_forcing_final=0.5, teacher_forcing_updates=100)
+    ratios = [teacher_forcing_ratio(linear, u) for u in (0, 50, 100, 1000)]
+    assert ratios == pytest.approx([1.0, 0.75, 0.5, 0.5])
+
+
+def test_no_teacher_forcing_feeds_back_the_models_own_greedy_predictions():
+    """teacher_forcing=0: every step's input is the argmax of the previous step's output."""
+    from s2s_cli.config import ModelConfig
+    from s2s_cli.data.spm import BOS, EOS
+    from s2s_cli.models.build import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(embed_dim=8, hidden_size=12, dropout=0.0), 30, 30).eval()
+    src = torch.randint(4, 30, (2, 5))
+    src[:, -1] = EOS
+    lengths = torch.full((2,), 5)
+    gold = torch.randint(4, 30, (2, 6))
+    gold[:, 0] = BOS
+    features, _ = model.features(src, lengths, gold, teacher_forcing=0.0)
+    enc = model.encode(src, lengths)
+    state = model.init_state(enc)
+    prev, expected = gold[:, 0], []
+    for _ in range(gold.size(1)):
+        feature, state, _ = model.decoder.step(prev, state, enc)
+        expected.append(feature)
+        prev = model.decoder.project(feature).argmax(-1)
+    assert torch.allclose(features, torch.stack(expected, dim=1), atol=1e-6)
+    teacher_forced, _ = model.features(src, lengths, gold)
+    assert not torch.allclose(features, teacher_forced, atol=1e-3)

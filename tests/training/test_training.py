@@ -344,3 +344,11 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tiny_data
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     for name in ("one", "two"):
         assert load_checkpoint(tmp_path / name / "checkpoint_last.pt")["progress"]["updates"] == 6
+
+
+def test_max_minutes_stops_training_and_says_why(tiny_dataset, tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        run(tiny_dataset, tmp_path, "train.max_minutes=0.002", "train.max_epochs=null")
+    assert "train.max_minutes=0.002 reached" in caplog.text
+    progress = load_checkpoint(tmp_path / "checkpoint_last.pt")["progress"]
+    assert progress["updates"] >= 1 and progress["train_seconds"] >= 0.12
