@@ -8,29 +8,142 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from s2s_cli.config import ExperimentConfig, from_dict
+from s2s_cli.config import ExperimentConfig, from_dict, to_dict
 from s2s_cli.errors import CheckpointError, ConfigError
 from s2s_cli.io import atomic_path
+from s2s_cli.version import __version__
 
 FORMAT = "s2s-checkpoint"
 FORMAT_VERSION = 1
 
 
-def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
-    """Write ``payload`` to ``path`` through a temporary file and a rename."""
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+@dataclass
+class Progress:
+    """Where a training run stands: what an exact resume continues from."""
+
+    epoch: int = 1
+    position: int = 0  # batches of the epoch already consumed
+    updates: int = 0
+    skipped: int = 0  # updates skipped for non-finite gradients
+    train_seconds: float = 0.0
+    bad_validations: int = 0  # scheduled validations in a row without a new best (patience)
+    last_validated: int = -1  # update of the last validation (-1: none yet)
+
+
+@dataclass
+class Best:
+    """The best validation score so far and the update that reached it."""
+
+    metric: str
+    value: float | None = None
+    update: int = 0
+
+
+@dataclass
+class Vocabulary:
+    src_size: int
+    tgt_size: int
+    joint: bool
+    src_lang: str | None = None
+    tgt_lang: str | None = None
+
+
+@dataclass
+class TrainingState:
+    """What only resuming reads: optimizer, schedule, gradient scaler, RNG streams per rank."""
+
+    optimizer: dict[str, Any]
+    schedule: dict[str, Any]
+    scaler: dict[str, Any] | None
+    rng: dict[str, list[torch.Tensor]]
+
+
+@dataclass
+class Checkpoint:
+    """Everything a checkpoint holds, typed; the one reader and writer of the on-disk payload.
+
+    ``training`` is None for checkpoints made to translate (``s2s average``).
+    """
+
+    config: ExperimentConfig
+    vocab: Vocabulary
+    spm: dict[str, bytes]  # "src" / "tgt" SentencePiece model files
+    model: dict[str, torch.Tensor]
+    progress: Progress = field(default_factory=Progress)
+    best: Best | None = None
+    training: TrainingState | None = None
+    s2s_version: str = __version__
+    data_dir: str | None = None
+    averaged_from: list[str] | None = None
+    path: Path | None = field(default=None, compare=False)  # where it was loaded from
+
+    def payload(self) -> dict[str, Any]:
+        """Plain data for ``torch.save`` (loadable with ``weights_only=True``)."""
+        out: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "s2s_version": self.s2s_version,
+            "config": to_dict(self.config),
+            "vocab": asdict(self.vocab),
+            "spm": {side: spm_to_tensor(data) for side, data in self.spm.items()},
+            "model": self.model,
+            "progress": asdict(self.progress),
+            "best": None if self.best is None else asdict(self.best),
+            "data_dir": self.data_dir,
+        }
+        if self.training is not None:  # (asdict would deep-copy every optimizer tensor)
+            t = self.training
+            out.update(optimizer=t.optimizer, schedule=t.schedule, scaler=t.scaler, rng=t.rng)
+        if self.averaged_from is not None:
+            out["averaged_from"] = list(self.averaged_from)
+        return out
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], path: Path) -> Checkpoint:
+        """Check and type a loaded payload; anything missing or malformed is a CheckpointError."""
+        try:
+            training = None
+            if "optimizer" in payload:
+                training = TrainingState(
+                    payload["optimizer"], payload["schedule"], payload.get("scaler"), payload["rng"]
+                )
+            best = payload.get("best")
+            return cls(
+                config=checkpoint_config(payload, path),
+                vocab=Vocabulary(**payload["vocab"]),
+                spm={side: tensor_to_spm(t) for side, t in payload["spm"].items()},
+                model=payload["model"],
+                progress=Progress(**(payload.get("progress") or {})),
+                best=None if not best else Best(**best),
+                training=training,
+                s2s_version=payload.get("s2s_version", "unknown"),
+                data_dir=payload.get("data_dir"),
+                averaged_from=payload.get("averaged_from"),
+                path=path,
+            )
+        except (KeyError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"{path}: malformed s2s checkpoint ({err!r})") from None
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
+    """Write ``checkpoint`` to ``path`` through a temporary file and a rename."""
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        torch.save(checkpoint.payload(), tmp)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Load and check a checkpoint; a one-line CheckpointError for anything wrong with it."""
     path = Path(path)
+    return Checkpoint.from_payload(_load_payload(path, map_location), path)
+
+
+def _load_payload(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
     if path.is_dir():
@@ -84,17 +197,18 @@ def remove_quietly(path: Path) -> None:
 
 
 def model_from_checkpoint(
-    payload: dict[str, Any], path: str | Path, device: torch.device | str = "cpu"
-) -> tuple[torch.nn.Module, ExperimentConfig]:
+    checkpoint: Checkpoint, device: torch.device | str = "cpu"
+) -> torch.nn.Module:
     """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
     from s2s_cli.models.build import build_model
 
-    cfg = checkpoint_config(payload, path)
-    vocab = payload.get("vocab", {})
+    vocab = checkpoint.vocab
     try:
-        model = build_model(cfg.model, int(vocab["src_size"]), int(vocab["tgt_size"]))
-        model.load_state_dict(payload["model"])
-    except (KeyError, RuntimeError, ConfigError) as err:
+        model = build_model(checkpoint.config.model, vocab.src_size, vocab.tgt_size)
+        model.load_state_dict(checkpoint.model)
+    except (RuntimeError, ConfigError) as err:
         reason = str(err).strip().splitlines()[0][:160]
-        raise CheckpointError(f"{path}: weights do not match its config ({reason})") from None
-    return model.to(device).eval(), cfg
+        raise CheckpointError(
+            f"{checkpoint.path}: weights do not match its config ({reason})"
+        ) from None
+    return model.to(device).eval()

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from s2s_cli.checkpoint import load_checkpoint, model_from_checkpoint
+from s2s_cli.checkpoint import FORMAT_VERSION, load_checkpoint, model_from_checkpoint
 
 
 def checkpoint_info(path: str | Path) -> dict[str, Any]:
     from s2s_cli.models.build import parameter_counts
 
-    payload = load_checkpoint(path)
-    model, cfg = model_from_checkpoint(payload, path)
-    m = cfg.model
+    checkpoint = load_checkpoint(path)
+    model = model_from_checkpoint(checkpoint)
+    m = checkpoint.config.model
     architecture = {
         "cell": m.cell,
         "embed_dim": m.embed_dim,
@@ -32,16 +33,16 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
         "share_embeddings": m.share_embeddings,
         "preset": m.preset,
     }
-    vocab = payload.get("vocab", {})
+    vocab = checkpoint.vocab
     return {
         "path": str(path),
-        "s2s_version": payload.get("s2s_version"),
-        "format_version": payload.get("format_version"),
-        "languages": f"{vocab.get('src_lang')}-{vocab.get('tgt_lang')}",
-        "vocab_size": {"src": vocab.get("src_size"), "tgt": vocab.get("tgt_size")},
+        "s2s_version": checkpoint.s2s_version,
+        "format_version": FORMAT_VERSION,
+        "languages": f"{vocab.src_lang}-{vocab.tgt_lang}",
+        "vocab_size": {"src": vocab.src_size, "tgt": vocab.tgt_size},
         "model": architecture,
         "parameters": parameter_counts(model),
-        "progress": payload.get("progress") or {},
-        "best": payload.get("best") or {},
-        "averaged_from": payload.get("averaged_from"),
+        "progress": asdict(checkpoint.progress),
+        "best": {} if checkpoint.best is None else asdict(checkpoint.best),
+        "averaged_from": checkpoint.averaged_from,
     }

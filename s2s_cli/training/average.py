@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -30,24 +31,21 @@ def average_checkpoints(paths: list[Path], output: Path) -> Path:
     total: dict[str, torch.Tensor] | None = None
     reference = None
     for path in paths:
-        payload = load_checkpoint(path)
-        state = payload["model"]
+        checkpoint = load_checkpoint(path)
+        state = checkpoint.model
         if reference is None:
-            reference = payload
+            reference = checkpoint
             total = {
                 k: v.double().clone() if v.is_floating_point() else v.clone()
                 for k, v in state.items()
             }
             continue
         assert total is not None
-        if (
-            state.keys() != total.keys()
-            or payload["config"]["model"] != reference["config"]["model"]
-        ):
+        if state.keys() != total.keys() or checkpoint.config.model != reference.config.model:
             raise CheckpointError(
                 f"{path}: a different architecture from {paths[0]}; cannot average"
             )
-        if not torch.equal(payload["spm"]["tgt"], reference["spm"]["tgt"]):
+        if checkpoint.spm["tgt"] != reference.spm["tgt"]:
             raise CheckpointError(f"{path}: a different vocabulary from {paths[0]}; cannot average")
         for key, value in state.items():
             if value.is_floating_point():
@@ -55,17 +53,11 @@ def average_checkpoints(paths: list[Path], output: Path) -> Path:
     assert total is not None and reference is not None
     last = load_checkpoint(paths[-1]) if len(paths) > 1 else reference
     averaged = {
-        k: (v / len(paths)).to(last["model"][k].dtype) if v.is_floating_point() else v
+        k: (v / len(paths)).to(last.model[k].dtype) if v.is_floating_point() else v
         for k, v in total.items()
     }
-    payload = {
-        key: last[key]
-        for key in ("s2s_version", "config", "vocab", "spm", "best", "progress")
-        if key in last
-    }
-    payload["model"] = averaged
-    payload["averaged_from"] = [str(p) for p in paths]
-    save_checkpoint(
-        {k: v for k, v in payload.items() if k not in ("format", "format_version")}, output
+    result = dataclasses.replace(
+        last, model=averaged, training=None, data_dir=None, averaged_from=[str(p) for p in paths]
     )
+    save_checkpoint(result, output)
     return output

@@ -9,6 +9,7 @@ schedule state.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
@@ -21,12 +22,12 @@ import torch
 import torch.distributed as dist
 
 from s2s_cli.checkpoint import (
-    checkpoint_config,
-    link_or_copy,
+    Best,
+    Checkpoint,
+    Progress,
+    TrainingState,
+    Vocabulary,
     load_checkpoint,
-    remove_quietly,
-    save_checkpoint,
-    spm_to_tensor,
 )
 from s2s_cli.config import ExperimentConfig, to_dict, write_config
 from s2s_cli.data.batching import Shard, make_batches
@@ -44,14 +45,13 @@ from s2s_cli.training.distributed import (
     shutdown,
 )
 from s2s_cli.training.report import Reporter
+from s2s_cli.training.save_dir import SaveDirectory
 from s2s_cli.training.schedule import LearningRate, build_optimizer, teacher_forcing_ratio
 from s2s_cli.training.step import LossModule, Updater
 from s2s_cli.training.validate import HIGHER_IS_BETTER, Validator
-from s2s_cli.version import __version__
 
 log = logging.getLogger(__name__)
 
-LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
 # Keys a resumed run may change: they decide when to stop, log or validate, never the arithmetic.
 RESUMABLE = {
     "train.max_updates",
@@ -115,6 +115,7 @@ class TrainingRun:
         self.dataset = Dataset(data_dir)
         self.cfg = cfg
         self.save_dir = save_dir
+        self.files = SaveDirectory(save_dir, cfg.train.save_every, cfg.train.keep_last)
         self.train_split = self.dataset.split("train")
         if self.context.is_main:
             check_writable_dir(save_dir, "save directory")
@@ -132,9 +133,12 @@ class TrainingRun:
         )
         if saved is not None:
             self._restore(saved)
-            self.reporter.resume_metrics(self.updates)
+            self.reporter.resume_metrics(self.progress.updates)
             log.info(
-                "resuming %s at update %d (epoch %d)", save_dir / LAST, self.updates, self.epoch
+                "resuming %s at update %d (epoch %d)",
+                self.files.last,
+                self.progress.updates,
+                self.progress.epoch,
             )
         if self.context.is_main:
             write_config(cfg, save_dir / "config.yaml")
@@ -142,8 +146,8 @@ class TrainingRun:
 
     # -- set-up ----------------------------------------------------------------------------------
 
-    def _existing_checkpoint(self, resume: bool) -> dict[str, Any] | None:
-        path = self.save_dir / LAST
+    def _existing_checkpoint(self, resume: bool) -> Checkpoint | None:
+        path = self.files.last
         if not path.exists():
             if resume:
                 raise CheckpointError(
@@ -151,7 +155,7 @@ class TrainingRun:
                 )
             return None
         saved = load_checkpoint(path)
-        _check_same_run(checkpoint_config(saved, path), self.cfg, path)
+        _check_same_run(saved.config, self.cfg, path)
         return saved
 
     def _build(self) -> None:
@@ -185,15 +189,8 @@ class TrainingRun:
         if "valid" in self.dataset.splits and self.context.is_main:
             tgt_spm = load_processor(self.spm["tgt"], str(self.dataset.dir))
             self.validator = Validator(self.dataset, cfg, tgt_spm, self.device)
-        self.epoch, self.position, self.updates, self.skipped = 1, 0, 0, 0
-        self.train_seconds = 0.0
-        self.best: dict[str, Any] = {
-            "metric": cfg.train.validate_metric,
-            "value": None,
-            "update": 0,
-        }
-        self.bad_validations = 0
-        self.last_validated = -1
+        self.progress = Progress()  # epoch, position, updates, ...: what a resume continues
+        self.best = Best(cfg.train.validate_metric)
         self.new_best = False
         # Seed per rank for dropout after identical initialisation (DDP also broadcasts rank 0).
         torch.manual_seed(cfg.train.seed * 1000 + self.context.rank)
@@ -204,23 +201,21 @@ class TrainingRun:
         candidates = [n for n in (t.max_updates, per_epoch and per_epoch * t.max_epochs) if n]
         return min(candidates) if candidates else None
 
-    def _restore(self, saved: dict[str, Any]) -> None:
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.lr.load_state_dict(saved["schedule"])
-        if self.scaler is not None and saved.get("scaler"):
-            self.scaler.load_state_dict(saved["scaler"])
-        progress = saved["progress"]
-        self.epoch, self.position = progress["epoch"], progress["position"]
-        self.updates, self.skipped = progress["updates"], progress["skipped"]
-        self.train_seconds = progress["train_seconds"]
-        self.bad_validations = progress["bad_validations"]
-        self.last_validated = progress["last_validated"]
-        self.best = dict(saved["best"])
-        states = saved["rng"]["torch"]
+    def _restore(self, saved: Checkpoint) -> None:
+        if saved.training is None:
+            raise CheckpointError(f"{saved.path}: holds no training state to resume from")
+        self.model.load_state_dict(saved.model)
+        self.optimizer.load_state_dict(saved.training.optimizer)
+        self.lr.load_state_dict(saved.training.schedule)
+        if self.scaler is not None and saved.training.scaler:
+            self.scaler.load_state_dict(saved.training.scaler)
+        self.progress = dataclasses.replace(saved.progress)
+        if saved.best is not None:
+            self.best = dataclasses.replace(saved.best)
+        states = saved.training.rng["torch"]
         if len(states) == self.context.world_size:
             torch.set_rng_state(states[self.context.rank])
-            cuda_states = saved["rng"].get("cuda") or []
+            cuda_states = saved.training.rng.get("cuda") or []
             if self.device.type == "cuda" and len(cuda_states) == self.context.world_size:
                 torch.cuda.set_rng_state(cuda_states[self.context.rank], self.device)
         else:
@@ -235,19 +230,21 @@ class TrainingRun:
     def fit(self) -> Path:
         self._install_signal_handlers()
         budget = self.cfg.train.max_minutes
-        self.reporter.start(self.updates, 60 * budget - self.train_seconds if budget else None)
+        self.reporter.start(
+            self.progress.updates, 60 * budget - self.progress.train_seconds if budget else None
+        )
         started = time.perf_counter()
         try:
             while not self._finished():
                 epoch_done = self._run_epoch(started)
                 if epoch_done:
-                    self.epoch, self.position = self.epoch + 1, 0
+                    self.progress.epoch, self.progress.position = self.progress.epoch + 1, 0
                     if self.cfg.train.validate_every is None:
                         self._validate(scheduled=True)
                     self._save(started)
                 if self.stop_signal is not None:
                     break
-            if self.last_validated != self.updates and self.stop_signal is None:
+            if self.progress.last_validated != self.progress.updates and self.stop_signal is None:
                 self._validate(scheduled=False)  # the final model always gets a score
             self._save(started)
         finally:
@@ -255,45 +252,44 @@ class TrainingRun:
         if self.stop_signal is not None:
             name = "SIGINT" if self.stop_signal == signal.SIGINT else "SIGTERM"
             raise TrainingInterrupted(
-                f"{name}: stopped at update {self.updates}; checkpoint saved to "
-                f"{self.save_dir / LAST} (run the same command again to resume)",
+                f"{name}: stopped at update {self.progress.updates}; checkpoint saved to "
+                f"{self.files.last} (run the same command again to resume)",
                 130 if self.stop_signal == signal.SIGINT else 143,
             )
         log.info(
             "training stopped after %d updates: %s",
-            self.updates,
-            self._limit_reached(self.train_seconds) or "stopping rule met",
+            self.progress.updates,
+            self._limit_reached(self.progress.train_seconds) or "stopping rule met",
         )
-        best = self.save_dir / BEST
-        return best if best.exists() else self.save_dir / LAST
+        return self.files.result()
 
     def _run_epoch(self, started: float) -> bool:
         """Updates until the epoch ends (True) or a stop condition holds (False)."""
-        batches = self._epoch_batches(self.epoch)
+        batches = self._epoch_batches(self.progress.epoch)
         total = self.shard.updates_in(batches)
         if total == 0:
             raise ConfigError(
                 f"an epoch has fewer batches ({len(batches)}) than one update needs "
                 f"({self.shard.batches_per_update}); lower train.max_tokens or train.update_freq"
             )
-        for index, micro_batches in self._batches(batches, self.position, total):
-            lr = self.lr.apply(self.optimizer, self.updates + 1)
+        for index, micro_batches in self._batches(batches, self.progress.position, total):
+            lr = self.lr.apply(self.optimizer, self.progress.updates + 1)
             result = self.updater.update(micro_batches, self._teacher_forcing())
-            self.updates += 1
-            self.position = index + 1
-            self.skipped += result.skipped
+            self.progress.updates += 1
+            self.progress.position = index + 1
+            self.progress.skipped += result.skipped
             if result.skipped:
                 log.warning(
                     "update %d: non-finite gradients, step skipped (%d so far)",
-                    self.updates,
-                    self.skipped,
+                    self.progress.updates,
+                    self.progress.skipped,
                 )
-            self.reporter.update(self.updates, self.epoch, result, lr)
+            self.reporter.update(self.progress.updates, self.progress.epoch, result, lr)
             validate_every, save_every = self.cfg.train.validate_every, self.cfg.train.save_every
-            if validate_every and self.updates % validate_every == 0:
+            if validate_every and self.progress.updates % validate_every == 0:
                 self._validate(scheduled=True)
                 self._save(started)
-            elif save_every and self.updates % save_every == 0:
+            elif save_every and self.progress.updates % save_every == 0:
                 self._save(started)
             if self._stop_now(started):
                 return False
@@ -317,36 +313,36 @@ class TrainingRun:
         )
 
     def _teacher_forcing(self) -> float:
-        return teacher_forcing_ratio(self.cfg.train, self.updates)
+        return teacher_forcing_ratio(self.cfg.train, self.progress.updates)
 
     # -- stopping --------------------------------------------------------------------------------
 
     def _finished(self) -> bool:
-        return self._limit_reached(self.train_seconds) is not None
+        return self._limit_reached(self.progress.train_seconds) is not None
 
     def _stop_now(self, started: float) -> bool:
-        elapsed = self.train_seconds + time.perf_counter() - started
+        elapsed = self.progress.train_seconds + time.perf_counter() - started
         signalled = any_rank(self.stop_signal is not None, self.context, self.device)
         if signalled and self.stop_signal is None:
             self.stop_signal = signal.SIGTERM
         limit = self._limit_reached(elapsed)
         max_minutes = self.cfg.train.max_minutes
         if max_minutes is not None and elapsed >= 60 * max_minutes:
-            self.train_seconds = max(self.train_seconds, 60 * max_minutes)
+            self.progress.train_seconds = max(self.progress.train_seconds, 60 * max_minutes)
         return signalled or limit is not None
 
     def _limit_reached(self, elapsed: float) -> str | None:
         """Which stopping rule holds, in words, or None to keep training."""
         t = self.cfg.train
-        if t.max_updates is not None and self.updates >= t.max_updates:
+        if t.max_updates is not None and self.progress.updates >= t.max_updates:
             return f"train.max_updates={t.max_updates} reached"
-        if t.max_epochs is not None and self.epoch > t.max_epochs:
+        if t.max_epochs is not None and self.progress.epoch > t.max_epochs:
             return f"train.max_epochs={t.max_epochs} done"
-        if t.patience is not None and self.bad_validations >= t.patience:
+        if t.patience is not None and self.progress.bad_validations >= t.patience:
             best = self.best
             return (
-                f"no better validation {best['metric']} in {t.patience} validations "
-                f"(train.patience); best {best['value']:.2f} at update {best['update']}"
+                f"no better validation {best.metric} in {t.patience} validations "
+                f"(train.patience); best {best.value:.2f} at update {best.update}"
             )
         if t.max_minutes is not None and elapsed >= 60 * t.max_minutes:
             return f"train.max_minutes={t.max_minutes:g} reached"
@@ -361,19 +357,19 @@ class TrainingRun:
         metric = self.cfg.train.validate_metric
         metrics = self.validator(self.model) if self.validator is not None else None
         metrics = self._share_metrics(metrics)
-        self.last_validated = self.updates
+        self.progress.last_validated = self.progress.updates
         value = metrics[metric]
         higher = HIGHER_IS_BETTER[metric]
-        improved = self.best["value"] is None or (
-            value > self.best["value"] if higher else value < self.best["value"]
+        improved = self.best.value is None or (
+            value > self.best.value if higher else value < self.best.value
         )
         if improved:
-            self.best = {"metric": metric, "value": value, "update": self.updates}
+            self.best = Best(metric, value, self.progress.updates)
         if scheduled:
             self.lr.observe(value, higher)
-            self.bad_validations = 0 if improved else self.bad_validations + 1
+            self.progress.bad_validations = 0 if improved else self.progress.bad_validations + 1
         self.new_best = self.new_best or improved
-        self.reporter.validation(self.updates, self.epoch, metrics, improved)
+        self.reporter.validation(self.progress.updates, self.progress.epoch, metrics, improved)
 
     def _share_metrics(self, metrics: dict[str, float] | None) -> dict[str, float]:
         """Rank 0 validates; every rank needs the numbers (plateau, patience)."""
@@ -391,56 +387,34 @@ class TrainingRun:
 
     def _save(self, started: float) -> None:
         elapsed = time.perf_counter() - started
-        payload = self._payload(self.train_seconds + elapsed)
-        if not self.context.is_main:
-            return
-        last = self.save_dir / LAST
-        save_checkpoint(payload, last)
-        if self.new_best:
-            link_or_copy(last, self.save_dir / BEST)
+        checkpoint = self._checkpoint(self.progress.train_seconds + elapsed)
+        if self.context.is_main:
+            self.files.write(checkpoint, self.new_best)
             self.new_best = False
-        save_every = self.cfg.train.save_every
-        if save_every and self.updates % save_every == 0 and self.updates:
-            link_or_copy(last, self.save_dir / f"checkpoint_u{self.updates}.pt")
-            self._prune_periodic()
 
-    def _prune_periodic(self) -> None:
-        periodic = sorted(
-            self.save_dir.glob("checkpoint_u*.pt"), key=lambda p: int(p.stem.split("_u")[1])
-        )
-        for path in periodic[: -self.cfg.train.keep_last]:
-            remove_quietly(path)
-
-    def _payload(self, train_seconds: float) -> dict[str, Any]:
+    def _checkpoint(self, train_seconds: float) -> Checkpoint:
         src_vocab, tgt_vocab = self.dataset.vocab_sizes
-        return {
-            "s2s_version": __version__,
-            "config": to_dict(self.cfg),
-            "vocab": {
-                "src_size": src_vocab,
-                "tgt_size": tgt_vocab,
-                "joint": self.dataset.joint,
-                "src_lang": self.dataset.src_lang,
-                "tgt_lang": self.dataset.tgt_lang,
-            },
-            "spm": {side: spm_to_tensor(data) for side, data in self.spm.items()},
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.lr.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": self._rng_states(),
-            "progress": {
-                "epoch": self.epoch,
-                "position": self.position,
-                "updates": self.updates,
-                "skipped": self.skipped,
-                "train_seconds": train_seconds,
-                "bad_validations": self.bad_validations,
-                "last_validated": self.last_validated,
-            },
-            "best": dict(self.best),
-            "data_dir": str(self.dataset.dir),
-        }
+        return Checkpoint(
+            config=self.cfg,
+            vocab=Vocabulary(
+                src_vocab,
+                tgt_vocab,
+                self.dataset.joint,
+                self.dataset.src_lang,
+                self.dataset.tgt_lang,
+            ),
+            spm=dict(self.spm),
+            model=self.model.state_dict(),
+            progress=dataclasses.replace(self.progress, train_seconds=train_seconds),
+            best=dataclasses.replace(self.best),
+            training=TrainingState(
+                optimizer=self.optimizer.state_dict(),
+                schedule=self.lr.state_dict(),
+                scaler=self.scaler.state_dict() if self.scaler is not None else None,
+                rng=self._rng_states(),
+            ),
+            data_dir=str(self.dataset.dir),
+        )
 
     def _rng_states(self) -> dict[str, list[torch.Tensor]]:
         states = {"torch": [torch.get_rng_state()]}

@@ -192,8 +192,8 @@ def test_resume_on_cuda_equals_the_uninterrupted_run(tiny_dataset, device, tmp_p
     train(cfg_whole, tiny_dataset, tmp_path / "resumed", device=str(device))
     from s2s_cli.checkpoint import load_checkpoint
 
-    whole = load_checkpoint(tmp_path / "whole" / "checkpoint_last.pt")["model"]
-    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint_last.pt")["model"]
+    whole = load_checkpoint(tmp_path / "whole" / "checkpoint_last.pt").model
+    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoint_last.pt").model
     for name, value in whole.items():
         tolerance = 0.0 if device.type == "cpu" else 1e-4 * value.abs().max().item()
         assert (value - resumed[name]).abs().max().item() <= tolerance, name

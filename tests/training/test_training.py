@@ -23,7 +23,7 @@ from ..conftest import TINY_MODEL
 
 
 def params(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(path)["model"]
+    return load_checkpoint(path).model
 
 
 def losses(save_dir: Path) -> list[float]:
@@ -43,10 +43,10 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_dataset, tmp_path):
     run(tiny_dataset, straight, *common, "train.max_updates=30")
     resumed = tmp_path / "resumed"
     run(tiny_dataset, resumed, *common, "train.max_updates=7")
-    progress = load_checkpoint(resumed / "checkpoint_last.pt")["progress"]
-    assert progress["updates"] == 7 and progress["position"] == 7 and progress["epoch"] == 1
+    progress = load_checkpoint(resumed / "checkpoint_last.pt").progress
+    assert (progress.updates, progress.position, progress.epoch) == (7, 7, 1)
     run(tiny_dataset, resumed, *common, "train.max_updates=30", resume=True)
-    assert load_checkpoint(resumed / "checkpoint_last.pt")["progress"]["epoch"] >= 2
+    assert load_checkpoint(resumed / "checkpoint_last.pt").progress.epoch >= 2
     a, b = params(straight / "checkpoint_last.pt"), params(resumed / "checkpoint_last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert losses(straight) == losses(resumed)
@@ -93,7 +93,8 @@ def test_checkpoint_is_plain_data_and_reloads_identically(tiny_dataset, tmp_path
         "format_version",
     ):
         assert key in payload
-    model, cfg = model_from_checkpoint(payload, best)
+    checkpoint = load_checkpoint(best)
+    model, cfg = model_from_checkpoint(checkpoint), checkpoint.config
     split = Dataset(tiny_dataset).split("valid")
     batch = collate(split, np.arange(5))
     torch.manual_seed(0)
@@ -122,8 +123,8 @@ def test_any_corrupt_checkpoint_is_a_one_line_error(tmp_path, trained_checkpoint
         assert "\n" not in str(info.value)
 
 
-def test_checkpoint_format_version_mismatch(tmp_path):
-    save_checkpoint({"config": {}}, tmp_path / "x.pt")
+def test_checkpoint_format_version_mismatch(tmp_path, trained_checkpoint):
+    save_checkpoint(load_checkpoint(trained_checkpoint), tmp_path / "x.pt")
     payload = torch.load(tmp_path / "x.pt", weights_only=True)
     payload["format_version"] = 99
     torch.save(payload, tmp_path / "x.pt")
@@ -252,7 +253,8 @@ def test_periodic_checkpoints_keep_last_k_and_average(tiny_dataset, tmp_path):
         assert torch.allclose(avg[key], (a[key] + b[key]) / 2, atol=1e-6)
     same = average_checkpoints([tmp_path / "checkpoint_u8.pt"], tmp_path / "one.pt")
     assert all(torch.equal(params(same)[k], b[k]) for k in b)
-    assert "optimizer" not in load_checkpoint(out)
+    assert load_checkpoint(out).training is None
+    assert "optimizer" not in torch.load(out, weights_only=True)
 
 
 def test_validation_tracks_the_best_checkpoint_and_early_stops(tiny_dataset, tmp_path, caplog):
@@ -270,7 +272,7 @@ def test_validation_tracks_the_best_checkpoint_and_early_stops(tiny_dataset, tmp
     valid = [r for r in rows if r["kind"] == "valid"]
     assert valid[-1]["update"] < 200  # lr 0.5 diverges, so patience ends the run early
     best_row = min(valid, key=lambda r: r["loss"])
-    assert load_checkpoint(best)["progress"]["updates"] == best_row["update"]
+    assert load_checkpoint(best).progress.updates == best_row["update"]
     assert best.name == "checkpoint_best.pt"
     # the log says which rule ended training, with the best score it is measured against
     stops = [r.getMessage() for r in caplog.records if "training stopped" in r.getMessage()]
@@ -343,12 +345,29 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tiny_data
     )
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     for name in ("one", "two"):
-        assert load_checkpoint(tmp_path / name / "checkpoint_last.pt")["progress"]["updates"] == 6
+        assert load_checkpoint(tmp_path / name / "checkpoint_last.pt").progress.updates == 6
 
 
 def test_max_minutes_stops_training_and_says_why(tiny_dataset, tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         run(tiny_dataset, tmp_path, "train.max_minutes=0.002", "train.max_epochs=null")
     assert "train.max_minutes=0.002 reached" in caplog.text
-    progress = load_checkpoint(tmp_path / "checkpoint_last.pt")["progress"]
-    assert progress["updates"] >= 1 and progress["train_seconds"] >= 0.12
+    progress = load_checkpoint(tmp_path / "checkpoint_last.pt").progress
+    assert progress.updates >= 1 and progress.train_seconds >= 0.12
+
+
+def test_typed_checkpoint_round_trips_through_its_payload(trained_checkpoint, tmp_path):
+    from s2s_cli.checkpoint import Checkpoint
+
+    original = load_checkpoint(trained_checkpoint)
+    assert original.training is not None and original.best is not None
+    save_checkpoint(original, tmp_path / "copy.pt")
+    again = load_checkpoint(tmp_path / "copy.pt")
+    for name in ("config", "vocab", "spm", "progress", "best", "s2s_version", "data_dir"):
+        assert getattr(again, name) == getattr(original, name), name
+    assert again.model.keys() == original.model.keys()
+    assert all(torch.equal(again.model[k], v) for k, v in original.model.items())
+    broken = torch.load(tmp_path / "copy.pt", weights_only=True)
+    del broken["vocab"]
+    with pytest.raises(CheckpointError, match="malformed s2s checkpoint"):
+        Checkpoint.from_payload(broken, tmp_path / "copy.pt")

@@ -1,0 +1,48 @@
+"""The files of a run's save directory: ``checkpoint_last.pt``, ``checkpoint_best.pt`` and the
+periodic ``checkpoint_u<N>.pt``, each written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from s2s_cli.checkpoint import Checkpoint, link_or_copy, remove_quietly, save_checkpoint
+
+LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
+
+
+class SaveDirectory:
+    """Where a run keeps its checkpoints; only rank 0 writes."""
+
+    def __init__(self, path: Path, save_every: int | None, keep_last: int) -> None:
+        self.path = path
+        self.save_every = save_every
+        self.keep_last = keep_last
+
+    @property
+    def last(self) -> Path:
+        return self.path / LAST
+
+    @property
+    def best(self) -> Path:
+        return self.path / BEST
+
+    def write(self, checkpoint: Checkpoint, new_best: bool) -> None:
+        """``checkpoint_last.pt`` always; the best and periodic names are links to it."""
+        save_checkpoint(checkpoint, self.last)
+        if new_best:
+            link_or_copy(self.last, self.best)
+        updates = checkpoint.progress.updates
+        if self.save_every and updates and updates % self.save_every == 0:
+            link_or_copy(self.last, self.path / f"checkpoint_u{updates}.pt")
+            self._prune_periodic()
+
+    def result(self) -> Path:
+        """What a finished run returns: the best checkpoint, else the last."""
+        return self.best if self.best.exists() else self.last
+
+    def _prune_periodic(self) -> None:
+        periodic = sorted(
+            self.path.glob("checkpoint_u*.pt"), key=lambda p: int(p.stem.split("_u")[1])
+        )
+        for path in periodic[: -self.keep_last]:
+            remove_quietly(path)
