@@ -33,7 +33,7 @@ run_task() {
   local -n variants=variants_$1
   local size=50000 test=5000 extra=()
   if [ "$quick" = 1 ]; then
-    size=3000 test=300 extra=(train.max_epochs=null train.max_updates=150 train.validate_every=75)
+    size=2000 test=200 extra=(train.max_epochs=null train.max_updates=60 train.validate_every=30)
   fi
   mkdir -p "$dir"
   python3 "$here/make_data.py" "$name" "$dir/raw" --size "$size" --test-size "$test" >/dev/null

@@ -80,7 +80,7 @@ def test_preset_learns_a_toy_task(preset):
             optimizer.zero_grad()
             if update % 100 == 0:
                 accuracy = exact_match(model, test)
-                if accuracy >= max(required, 0.995):
+                if accuracy >= required:  # learned: the assertion below holds
                     break
     finally:
         torch.set_num_threads(threads)
