@@ -145,6 +145,7 @@ class TrainConfig:
     seed: int = 1  # seeds initialisation, data order and dropout
     update_freq: int = 1  # accumulate gradients over this many batches per update
     clip_norm: float | None = 5.0  # clip the global gradient norm (null: off)
+    max_nonfinite_updates: int | None = 25  # non-finite updates in a row that stop training
     label_smoothing: float = 0.1  # share of target probability spread over the vocabulary
     teacher_forcing: float = 1.0  # probability of feeding the gold previous token
     teacher_forcing_final: float | None = None  # ratio reached linearly at teacher_forcing_updates
@@ -174,6 +175,7 @@ class TrainConfig:
             "threads",
             "teacher_forcing_updates",
             "valid_max_sentences",
+            "max_nonfinite_updates",
         ):
             value = getattr(self, name)
             if value is not None and value <= 0:

@@ -21,3 +21,8 @@ class DataError(S2SError):
 
 class CheckpointError(S2SError):
     """A missing, corrupt or incompatible checkpoint."""
+
+
+class TrainingDiverged(S2SError):
+    """Training produced no finite update for too long, or the optimizer step overflowed; the
+    last checkpoint written before it is left untouched (exit status 1)."""

@@ -143,19 +143,44 @@ def _run(cfg, data_dir: Path, save_dir: Path, device: str, resume: bool) -> Path
     from s2s_cli.training.trainer import train as run_training
 
     main_rank = not launched_by_torchrun() or os.environ.get("RANK", "0") == "0"
+    existed = save_dir.exists()
     if main_rank:
         check_writable_dir(save_dir, "save directory")
         setup_logging(log_file=save_dir / "train.log")
     else:
         setup_logging()
         logging.getLogger("s2s_cli").setLevel(logging.WARNING)
-    best = run_training(
-        cfg,
-        data_dir,
-        save_dir,
-        device=device,
-        resume=resume,
-        progress=main_rank and stderr.is_terminal,
-        console=stderr,
-    )
+    try:
+        best = run_training(
+            cfg,
+            data_dir,
+            save_dir,
+            device=device,
+            resume=resume,
+            progress=main_rank and stderr.is_terminal,
+            console=stderr,
+        )
+    except BaseException:
+        if main_rank:
+            _remove_start_debris(save_dir, existed)
+        raise
     return best if main_rank else None
+
+
+def _remove_start_debris(save_dir: Path, existed: bool) -> None:
+    """A run refused at start (no checkpoint written, nothing logged) leaves nothing behind:
+    its empty train.log goes, and the save directory too if this run created it."""
+    import logging
+
+    if (save_dir / "checkpoint_last.pt").exists():
+        return
+    log_file = save_dir / "train.log"
+    root = logging.getLogger("s2s_cli")
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == log_file:
+            handler.close()
+            root.removeHandler(handler)
+    if log_file.exists() and log_file.stat().st_size == 0:
+        log_file.unlink()
+    if not existed and save_dir.is_dir() and not any(save_dir.iterdir()):
+        save_dir.rmdir()

@@ -94,9 +94,11 @@ class Dataset:
     def split(self, name: str) -> ParallelSplit:
         if name not in self.manifest["splits"]:
             raise DataError(f"{self.dir}: no split '{name}' (has: {', '.join(self.splits)})")
+        info = self.manifest["splits"][name]
+        sentences, tokens = info.get("sentences"), info.get("tokens", {})
         split = ParallelSplit(
-            IndexedDataset(self.dir / f"{name}.{self.src_lang}"),
-            IndexedDataset(self.dir / f"{name}.{self.tgt_lang}"),
+            IndexedDataset(self.dir / f"{name}.{self.src_lang}", sentences, tokens.get("src")),
+            IndexedDataset(self.dir / f"{name}.{self.tgt_lang}", sentences, tokens.get("tgt")),
         )
         if len(split.src) != len(split.tgt):
             raise DataError(f"{self.dir}: split '{name}' has unequal source and target counts")

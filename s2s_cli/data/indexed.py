@@ -69,8 +69,13 @@ class IndexedWriter:
 class IndexedDataset:
     """Random access to the sentences of one ``.bin``/``.idx`` pair; pickles as its path."""
 
-    def __init__(self, prefix: str | Path) -> None:
+    def __init__(
+        self, prefix: str | Path, sentences: int | None = None, tokens: int | None = None
+    ) -> None:
+        """``sentences`` and ``tokens`` (from the manifest, when known) are checked against the
+        index, so a damaged index is named as such instead of blaming the ``.bin``."""
         self.prefix = Path(prefix)
+        self.expected = (sentences, tokens)
         self._open()
 
     def _open(self) -> None:
@@ -88,7 +93,7 @@ class IndexedDataset:
         if version != VERSION:
             raise DataError(f"{idx_path}: index format version {version}, expected {VERSION}")
         self.dtype = np.dtype(DTYPES[code])
-        self.offsets = np.memmap(idx_path, dtype=np.int64, mode="r", offset=HEADER.size)
+        self.offsets = self._offsets(idx_path)
         total = int(self.offsets[-1])
         bin_path = Path(f"{self.prefix}.bin")
         expected = total * self.dtype.itemsize
@@ -99,6 +104,20 @@ class IndexedDataset:
             np.memmap(bin_path, dtype=self.dtype, mode="r") if total else np.zeros(0, self.dtype)
         )
         self._sizes: np.ndarray | None = None
+
+    def _offsets(self, idx_path: Path) -> np.ndarray:
+        """The sentence offsets, after checking the index's size and ends against what is known."""
+        body = idx_path.stat().st_size - HEADER.size
+        sentences, tokens = self.expected
+        if body < 8 or body % 8 or (sentences is not None and body != 8 * (sentences + 1)):
+            wanted = "" if sentences is None else f", expected {8 * (sentences + 1)}"
+            raise DataError(
+                f"{idx_path}: truncated or damaged index file ({body} bytes of offsets{wanted})"
+            )
+        offsets = np.memmap(idx_path, dtype=np.int64, mode="r", offset=HEADER.size)
+        if int(offsets[0]) != 0 or (tokens is not None and int(offsets[-1]) != tokens):
+            raise DataError(f"{idx_path}: damaged index file (its offsets do not add up)")
+        return offsets
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -114,8 +133,9 @@ class IndexedDataset:
         return self._sizes
 
     def __getstate__(self) -> dict:
-        return {"prefix": self.prefix}
+        return {"prefix": self.prefix, "expected": self.expected}
 
     def __setstate__(self, state: dict) -> None:
         self.prefix = state["prefix"]
+        self.expected = state.get("expected", (None, None))
         self._open()

@@ -123,10 +123,17 @@ def _split_inputs(
 
 
 def _check_destination(dest: Path, force: bool) -> None:
+    if dest.name in ("", ".", ".."):  # the dataset is written beside, then renamed onto, dest
+        raise DataError(f"{dest}: name the dataset directory itself (e.g. {dest / 'data-bin'})")
     if dest.exists() and not force:
         raise DataError(f"{dest}: already exists (use --force to replace it)")
     if dest.exists() and not dest.is_dir():
         raise DataError(f"{dest}: exists and is not a directory")
+    if dest.exists() and not (dest / MANIFEST).is_file():
+        raise DataError(
+            f"{dest}: exists and is not an s2s dataset (no {MANIFEST}); --force replaces only "
+            "a dataset directory"
+        )
     parent = dest.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from s2s_cli.data.loader import Batch
 from s2s_cli.data.spm import PAD
 from s2s_cli.device import autocast
+from s2s_cli.errors import TrainingDiverged
 from s2s_cli.models.seq2seq import Seq2Seq
 from s2s_cli.training.distributed import DistributedContext, all_reduce_sum, all_reduce_tensor
 from s2s_cli.training.loss import ProjectedCrossEntropy, label_smoothed_nll
@@ -99,10 +100,16 @@ class Updater:
         grad_norm, loss_sum, nll_sum = torch.cat([norm.reshape(1).double(), sums]).tolist()
         skipped = not math.isfinite(grad_norm)
         if not skipped:
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-            else:
-                self.optimizer.step()
+            try:
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)
+                else:
+                    self.optimizer.step()
+            except RuntimeError as err:  # e.g. Adam's lr / bias correction beyond float range
+                reason = str(err).strip().splitlines()[0][:120]
+                raise TrainingDiverged(
+                    f"the optimizer step failed ({reason}); train.lr is probably far too large"
+                ) from None
         if self.scaler is not None:
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

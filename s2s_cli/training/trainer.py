@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import signal
 import time
 from collections.abc import Iterator
@@ -44,6 +45,7 @@ from s2s_cli.training.distributed import (
     init_distributed,
     shutdown,
 )
+from s2s_cli.training.divergence import DivergenceWatch
 from s2s_cli.training.report import Reporter
 from s2s_cli.training.save_dir import SaveDirectory
 from s2s_cli.training.schedule import LearningRate, build_optimizer, teacher_forcing_ratio
@@ -66,6 +68,7 @@ RESUMABLE = {
     "train.threads",
     "train.valid_max_sentences",
     "train.valid_beam",
+    "train.max_nonfinite_updates",
 }
 
 
@@ -116,6 +119,7 @@ class TrainingRun:
         self.cfg = cfg
         self.save_dir = save_dir
         self.files = SaveDirectory(save_dir, cfg.train.save_every, cfg.train.keep_last)
+        self.divergence = DivergenceWatch(cfg.train.max_nonfinite_updates, self.files.last)
         self.train_split = self.dataset.split("train")
         if self.context.is_main:
             check_writable_dir(save_dir, "save directory")
@@ -233,20 +237,22 @@ class TrainingRun:
         self.reporter.start(
             self.progress.updates, 60 * budget - self.progress.train_seconds if budget else None
         )
-        started = time.perf_counter()
+        # The training clock continues from the checkpoint's time (wall time: validations and
+        # checkpoints count), so a resumed run can extend train.max_minutes.
+        self._clock_origin = time.perf_counter() - self.progress.train_seconds
         try:
             while not self._finished():
-                epoch_done = self._run_epoch(started)
+                epoch_done = self._run_epoch()
                 if epoch_done:
                     self.progress.epoch, self.progress.position = self.progress.epoch + 1, 0
                     if self.cfg.train.validate_every is None:
                         self._validate(scheduled=True)
-                    self._save(started)
+                    self._save()
                 if self.stop_signal is not None:
                     break
             if self.progress.last_validated != self.progress.updates and self.stop_signal is None:
                 self._validate(scheduled=False)  # the final model always gets a score
-            self._save(started)
+            self._save()
         finally:
             self._restore_signal_handlers()
         if self.stop_signal is not None:
@@ -263,7 +269,7 @@ class TrainingRun:
         )
         return self.files.result()
 
-    def _run_epoch(self, started: float) -> bool:
+    def _run_epoch(self) -> bool:
         """Updates until the epoch ends (True) or a stop condition holds (False)."""
         batches = self._epoch_batches(self.progress.epoch)
         total = self.shard.updates_in(batches)
@@ -284,14 +290,15 @@ class TrainingRun:
                     self.progress.updates,
                     self.progress.skipped,
                 )
+            self.divergence.observe(self.progress.updates, result)
             self.reporter.update(self.progress.updates, self.progress.epoch, result, lr)
             validate_every, save_every = self.cfg.train.validate_every, self.cfg.train.save_every
             if validate_every and self.progress.updates % validate_every == 0:
                 self._validate(scheduled=True)
-                self._save(started)
+                self._save()
             elif save_every and self.progress.updates % save_every == 0:
-                self._save(started)
-            if self._stop_now(started):
+                self._save()
+            if self._stop_now():
                 return False
         return True
 
@@ -317,19 +324,17 @@ class TrainingRun:
 
     # -- stopping --------------------------------------------------------------------------------
 
-    def _finished(self) -> bool:
-        return self._limit_reached(self.progress.train_seconds) is not None
+    def _train_seconds(self) -> float:
+        return time.perf_counter() - self._clock_origin
 
-    def _stop_now(self, started: float) -> bool:
-        elapsed = self.progress.train_seconds + time.perf_counter() - started
+    def _finished(self) -> bool:
+        return self._limit_reached(self._train_seconds()) is not None
+
+    def _stop_now(self) -> bool:
         signalled = any_rank(self.stop_signal is not None, self.context, self.device)
         if signalled and self.stop_signal is None:
             self.stop_signal = signal.SIGTERM
-        limit = self._limit_reached(elapsed)
-        max_minutes = self.cfg.train.max_minutes
-        if max_minutes is not None and elapsed >= 60 * max_minutes:
-            self.progress.train_seconds = max(self.progress.train_seconds, 60 * max_minutes)
-        return signalled or limit is not None
+        return signalled or self._limit_reached(self._train_seconds()) is not None
 
     def _limit_reached(self, elapsed: float) -> str | None:
         """Which stopping rule holds, in words, or None to keep training."""
@@ -360,8 +365,10 @@ class TrainingRun:
         self.progress.last_validated = self.progress.updates
         value = metrics[metric]
         higher = HIGHER_IS_BETTER[metric]
-        improved = self.best.value is None or (
-            value > self.best.value if higher else value < self.best.value
+        # a model whose score is not finite is never the best, whatever came before
+        best = self.best.value
+        improved = math.isfinite(value) and (
+            best is None or (value > best if higher else value < best)
         )
         if improved:
             self.best = Best(metric, value, self.progress.updates)
@@ -385,14 +392,14 @@ class TrainingRun:
         all_reduce_tensor(values, self.context)
         return dict(zip(keys, values.tolist(), strict=True))
 
-    def _save(self, started: float) -> None:
-        elapsed = time.perf_counter() - started
-        checkpoint = self._checkpoint(self.progress.train_seconds + elapsed)
+    def _save(self) -> None:
+        self.progress.train_seconds = self._train_seconds()
+        checkpoint = self._checkpoint()
         if self.context.is_main:
             self.files.write(checkpoint, self.new_best)
             self.new_best = False
 
-    def _checkpoint(self, train_seconds: float) -> Checkpoint:
+    def _checkpoint(self) -> Checkpoint:
         src_vocab, tgt_vocab = self.dataset.vocab_sizes
         return Checkpoint(
             config=self.cfg,
@@ -405,7 +412,7 @@ class TrainingRun:
             ),
             spm=dict(self.spm),
             model=self.model.state_dict(),
-            progress=dataclasses.replace(self.progress, train_seconds=train_seconds),
+            progress=dataclasses.replace(self.progress),
             best=dataclasses.replace(self.best),
             training=TrainingState(
                 optimizer=self.optimizer.state_dict(),

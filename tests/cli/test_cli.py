@@ -451,3 +451,40 @@ def test_score_errors(texts, case):
     assert {"mismatch": "has 3 lines", "empty": "no hypotheses", "unreadable": "no such file"}[
         case
     ] in message
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--resume"], 1, "nothing to resume"),
+        (["train.precision=fp16"], 2, "fp16 needs a CUDA device"),
+    ],
+)
+def test_a_run_refused_at_start_leaves_nothing_behind(tiny_dataset, tmp_path, args, code, message):
+    if "train.precision=fp16" in args and __import__("torch").cuda.is_available():
+        pytest.skip("fp16 trains where CUDA is")
+    fresh = tmp_path / "fresh"
+    result = s2s("train", "--data", str(tiny_dataset), "--save-dir", str(fresh), *args)
+    assert result.returncode == code and message in one_line_error(result)
+    assert not fresh.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine\n")
+    result = s2s("train", "--data", str(tiny_dataset), "--save-dir", str(kept), *args)
+    assert result.returncode == code
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
+
+
+def test_divergence_is_a_one_line_error_with_exit_1(tiny_dataset, tmp_path):
+    result = s2s(
+        "train",
+        "--data",
+        str(tiny_dataset),
+        "--save-dir",
+        str(tmp_path / "run"),
+        *TINY_MODEL,
+        "train.lr=1e38",
+        "train.max_updates=20",
+    )
+    assert result.returncode == 1
+    assert "the optimizer step failed" in one_line_error(result)

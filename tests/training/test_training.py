@@ -371,3 +371,83 @@ def test_typed_checkpoint_round_trips_through_its_payload(trained_checkpoint, tm
     del broken["vocab"]
     with pytest.raises(CheckpointError, match="malformed s2s checkpoint"):
         Checkpoint.from_payload(broken, tmp_path / "copy.pt")
+
+
+def test_a_run_stopped_by_max_minutes_can_be_extended(tiny_dataset, tmp_path, caplog):
+    """The checkpoint records the time really trained, so a larger budget continues the run."""
+    import time
+
+    cheap = ["train.max_epochs=null", "train.valid_max_sentences=5"]
+    started = time.perf_counter()
+    run(tiny_dataset, tmp_path, "train.max_minutes=0.01", *cheap)
+    wall = time.perf_counter() - started
+    first = load_checkpoint(tmp_path / "checkpoint_last.pt").progress
+    # the time trained (final validation included), never budget + elapsed as it once was
+    assert 0.6 <= first.train_seconds <= wall
+    budget = (first.train_seconds + 1.0) / 60  # one more second, however slow this machine is
+    with caplog.at_level(logging.INFO):
+        run(tiny_dataset, tmp_path, f"train.max_minutes={budget}", *cheap)
+    second = load_checkpoint(tmp_path / "checkpoint_last.pt").progress
+    assert second.updates > first.updates
+    assert first.train_seconds + 1.0 <= second.train_seconds <= time.perf_counter() - started
+    assert f"train.max_minutes={budget:g} reached" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["train.optimizer=sgd", "train.lr=1e38", "train.clip_norm=null"],
+            "training diverged: 5 updates in a row",
+        ),
+        (["train.lr=1e38"], "the optimizer step failed"),
+    ],
+    ids=["sgd-nonfinite", "adam-overflow"],
+)
+def test_divergence_stops_training_with_one_line_and_no_best_model(
+    tiny_dataset, tmp_path, overrides, message
+):
+    from s2s_cli.errors import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match=message) as info:
+        run(
+            tiny_dataset,
+            tmp_path,
+            *overrides,
+            "train.max_nonfinite_updates=5",
+            "train.max_updates=100",
+            "train.validate_every=2",
+        )
+    assert "\n" not in str(info.value)
+    best = tmp_path / "checkpoint_best.pt"
+    if best.exists():  # a best model is a finite one
+        checkpoint = load_checkpoint(best)
+        assert np.isfinite(checkpoint.best.value)
+        assert all(
+            torch.isfinite(v).all() for v in checkpoint.model.values() if v.is_floating_point()
+        )
+
+
+def test_the_divergence_watch_counts_runs_and_warns_on_an_exploding_loss(caplog):
+    from s2s_cli.errors import TrainingDiverged
+    from s2s_cli.training.divergence import WARMUP, DivergenceWatch
+    from s2s_cli.training.step import UpdateResult
+
+    def result(loss, skipped=False):
+        return UpdateResult(loss * 100, loss * 100, 100, 1.0, skipped, 0, 1)
+
+    watch = DivergenceWatch(3, Path("nowhere.pt"))
+    for update in range(1, WARMUP + 50):
+        watch.observe(update, result(2.0))
+    watch.observe(100, result(0.0, skipped=True))
+    watch.observe(101, result(0.0, skipped=True))
+    watch.observe(102, result(2.0))  # a finite update ends the run of non-finite ones
+    with caplog.at_level(logging.WARNING):
+        for update in range(103, 140):
+            watch.observe(update, result(8.0))
+    assert "training may be diverging" in caplog.text
+    assert caplog.text.count("training may be diverging") == 1  # not once per update
+    for update in range(140, 142):
+        watch.observe(update, result(0.0, skipped=True))
+    with pytest.raises(TrainingDiverged, match="3 updates in a row up to update 142"):
+        watch.observe(142, result(0.0, skipped=True))

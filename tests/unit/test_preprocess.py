@@ -130,6 +130,27 @@ def test_existing_destination_needs_force(corpus: Path, tmp_path: Path):
     assert json.loads((out / "manifest.json").read_text())["vocab_size"]["src"] == 40
 
 
+def test_force_replaces_only_a_dataset_directory(corpus: Path, tmp_path: Path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.tex").write_text("years of work\n")
+    with pytest.raises(DataError, match="is not an s2s dataset") as info:
+        run(corpus, victim, force=True)
+    assert str(victim) in str(info.value) and "\n" not in str(info.value)
+    assert (victim / "thesis.tex").read_text() == "years of work\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", "victim"]  # no temporaries
+
+
+@pytest.mark.parametrize("name", [".", "sub/..", ""])
+def test_dot_destinations_are_refused_in_one_line(corpus: Path, tmp_path: Path, name, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(DataError, match="name the dataset directory itself"):
+        run(corpus, Path(name), force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def _leftovers(parent: Path, name: str) -> list[Path]:
     return [p for p in parent.iterdir() if p.name.startswith((name, f".{name}"))]
 
@@ -229,3 +250,17 @@ def test_dataset_info_reports_lengths_and_unknown_rate(corpus: Path, tmp_path: P
         config=cfg,
     )
     assert dataset_info(out2)["splits"]["test"]["src"]["unk_rate"] > 0
+
+
+@pytest.mark.parametrize("keep", [0, 5, 17, 24, 40, -8])
+def test_a_truncated_index_is_named_in_one_line(corpus: Path, tmp_path: Path, keep: int):
+    """Cut anywhere (header, mid-offset, whole offsets), the error names the .idx, not the .bin."""
+    out = run(corpus, tmp_path / "d")
+    idx = out / "train.src.idx"
+    data = idx.read_bytes()
+    idx.write_bytes(data[:keep])  # -8: one whole offset short
+    with pytest.raises(DataError) as info:
+        Dataset(out).split("train")
+    message = str(info.value)
+    assert message.startswith(f"{idx}:") and "\n" not in message
+    assert "index" in message
