@@ -7,6 +7,7 @@ would steal cycles from the compute threads.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Iterator
@@ -115,8 +116,12 @@ def prefetch(items: Iterator[T], depth: int = 4) -> Iterator[T]:
             yield item
     finally:
         stop.set()
-        while not buffer.empty():  # unblock a producer waiting on a full queue
-            buffer.get_nowait()
+        # Unblock a producer waiting on a full queue and wait for it: a thread still inside
+        # torch when the interpreter exits is killed there, which aborts the whole process.
+        while thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                buffer.get(timeout=0.05)
+        thread.join()
 
 
 class _Failure(NamedTuple):

@@ -278,7 +278,15 @@ class TrainingRun:
                 f"an epoch has fewer batches ({len(batches)}) than one update needs "
                 f"({self.shard.batches_per_update}); lower train.max_tokens or train.update_freq"
             )
-        for index, micro_batches in self._batches(batches, self.progress.position, total):
+        # closing: an error mid-epoch stops the prefetch thread now, not at interpreter exit
+        # (where a thread killed inside torch aborts the process instead of exiting cleanly)
+        stream = contextlib.closing(self._batches(batches, self.progress.position, total))
+        with stream as batch_stream:
+            return self._run_updates(batch_stream)
+
+    def _run_updates(self, batch_stream: Iterator[tuple[int, list[Batch]]]) -> bool:
+        """Apply updates from the stream; True when the epoch ended, False when told to stop."""
+        for index, micro_batches in batch_stream:
             lr = self.lr.apply(self.optimizer, self.progress.updates + 1)
             result = self.updater.update(micro_batches, self._teacher_forcing())
             self.progress.updates += 1
@@ -310,8 +318,9 @@ class TrainingRun:
                 micro = self.shard.micro_batches(batches, index)
                 yield index, [collate(self.train_split, m) for m in micro]
 
-        for index, micro in prefetch(produce(), depth=4):
-            yield index, [b.to(self.device, non_blocking=True) for b in micro]
+        with contextlib.closing(prefetch(produce(), depth=4)) as prefetched:
+            for index, micro in prefetched:
+                yield index, [b.to(self.device, non_blocking=True) for b in micro]
 
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         split, t = self.train_split, self.cfg.train
