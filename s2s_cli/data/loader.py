@@ -52,9 +52,7 @@ class Batch(NamedTuple):
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
         return Batch(
-            *(t.to(device, non_blocking=non_blocking) for t in self[:5]),
-            self.source_count,
-            self.target_count,
+            *(t.to(device, non_blocking=non_blocking) if isinstance(t, Tensor) else t for t in self)
         )
 
 
@@ -121,7 +119,6 @@ def prefetch(items: Iterator[T], depth: int = 4) -> Iterator[T]:
         while thread.is_alive():
             with contextlib.suppress(queue.Empty):
                 buffer.get(timeout=0.05)
-        thread.join()
 
 
 class _Failure(NamedTuple):

@@ -83,7 +83,6 @@ class Encoder(nn.Module):
         both_ways = layers if bidirectional_layers is None else bidirectional_layers
         both_ways = both_ways if bidirectional else 0
         self.layer_directions = [2 if layer < both_ways else 1 for layer in range(layers)]
-        self.directions = max(self.layer_directions)
         self.impl = "auto"
         self.rnns = nn.ModuleList(
             RNN_CLASSES[cell](

@@ -54,21 +54,30 @@ def run_rnn(rnn: nn.RNNBase, inputs: Any, state: RnnState = None) -> tuple[Any, 
     data = inputs.data if isinstance(inputs, PackedSequence) else inputs
     if data.device.type != "cuda":
         return rnn(inputs, state)
-    weight_dtype = rnn.weight_ih_l0.dtype
+    dtype = _compute_dtype(rnn.weight_ih_l0.dtype, data)
+    if dtype is None:
+        return rnn(inputs, state)
+    return _call_in(rnn, inputs, state, dtype, data.dtype)
+
+
+def _compute_dtype(weight_dtype: torch.dtype, data: Tensor) -> torch.dtype | None:
+    """The dtype a CUDA RNN call must run in, or None where the plain call already does right:
+    autocast's fp16 (the fp16 run has a gradient scaler), ``BF16_RNN_ON_CUDA == "autocast"``, or
+    inputs and weights already in a dtype cuDNN runs."""
     autocasting, autocast_dtype = _cuda_autocast()
-    wanted = autocast_dtype if autocasting else weight_dtype
-    if wanted == torch.float16 and autocasting:
-        return rnn(inputs, state)  # autocast's fp16 cuDNN path; the fp16 run has a GradScaler
-    if wanted == torch.bfloat16 and autocasting and BF16_RNN_ON_CUDA == "autocast":
-        return rnn(inputs, state)
-    if wanted == torch.bfloat16 and (
-        (autocasting and BF16_RNN_ON_CUDA == "fp32")
-        or not cudnn_rnn_supports(torch.bfloat16, data.device)
-    ):
+    if autocasting:
+        if autocast_dtype == torch.float16 or (
+            autocast_dtype == torch.bfloat16 and BF16_RNN_ON_CUDA == "autocast"
+        ):
+            return None
+        wanted = autocast_dtype
+        if wanted == torch.bfloat16 and BF16_RNN_ON_CUDA == "fp32":
+            wanted = torch.float32
+    else:
+        wanted = weight_dtype
+    if wanted == torch.bfloat16 and not cudnn_rnn_supports(torch.bfloat16, data.device):
         wanted = torch.float32
-    if not autocasting and wanted == weight_dtype == data.dtype:
-        return rnn(inputs, state)
-    return _call_in(rnn, inputs, state, wanted, data.dtype)
+    return None if not autocasting and wanted == weight_dtype == data.dtype else wanted
 
 
 def _cuda_autocast() -> tuple[bool, torch.dtype]:

@@ -78,8 +78,6 @@ VARIANTS = [
 @pytest.mark.parametrize(("cell", "attention", "feeding"), VARIANTS)
 def test_fp32_training_step_matches_the_cpu(tiny_dataset, device, cell, attention, feeding):
     """Loss and every gradient of one fp32 step agree with the CPU (TF32 stays off)."""
-    if feeding and attention == "none":
-        pytest.skip("input feeding needs attention")
     cfg = load_config(
         overrides=[
             *TINY_MODEL,

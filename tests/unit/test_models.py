@@ -331,3 +331,36 @@ def test_bidirectional_layers_read_both_ways_only_at_the_bottom():
 def test_bidirectional_layers_is_validated():
     with pytest.raises(ConfigError, match="model.bidirectional_layers"):
         ModelConfig(encoder_layers=2, bidirectional_layers=3)
+
+
+@pytest.mark.parametrize(
+    ("autocast", "policy", "bf16_rnn", "weights", "inputs", "expected"),
+    [
+        # training under autocast: fp16 stays autocast's (with its scaler); bf16 never becomes fp16
+        ("fp16", "fp32", True, "fp32", "fp32", None),
+        ("bf16", "fp32", True, "fp32", "fp32", "fp32"),
+        ("bf16", "bf16", True, "fp32", "fp32", "bf16"),
+        ("bf16", "bf16", False, "fp32", "fp32", "fp32"),
+        ("bf16", "autocast", True, "fp32", "fp32", None),
+        # inference on pre-cast weights, no autocast
+        (None, "fp32", True, "bf16", "bf16", None),
+        (None, "fp32", False, "bf16", "bf16", "fp32"),
+        (None, "fp32", True, "fp32", "fp32", None),
+    ],
+)
+def test_cuda_rnn_precision_rules(
+    monkeypatch, autocast, policy, bf16_rnn, weights, inputs, expected
+):
+    """The decision table of models/recurrent.run_rnn on CUDA, checked without a GPU."""
+    from s2s_cli.models import recurrent
+
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, None: None}
+    monkeypatch.setattr(recurrent, "BF16_RNN_ON_CUDA", policy)
+    monkeypatch.setattr(
+        recurrent,
+        "_cuda_autocast",
+        lambda: (autocast is not None, dtypes[autocast] or torch.float16),
+    )
+    monkeypatch.setattr(recurrent, "cudnn_rnn_supports", lambda dtype, device: bf16_rnn)
+    data = torch.zeros(1, dtype=dtypes[inputs])
+    assert recurrent._compute_dtype(dtypes[weights], data) == dtypes[expected]
