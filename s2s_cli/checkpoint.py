@@ -1,12 +1,16 @@
 """Checkpoints: self-contained plain data (``torch.load(weights_only=True)``), written atomically.
 
 A checkpoint carries everything needed to translate (config, SentencePiece models, weights) and
-to resume training exactly (optimizer, schedule, scaler, RNG states, data position, counters).
+to resume training exactly (optimizer, schedule, scaler, RNG states, data position, counters),
+and a SHA-256 digest of all of it that every load verifies: bit rot is an error, not silently
+different weights.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +25,10 @@ from s2s_cli.version import __version__
 
 FORMAT = "s2s-checkpoint"
 FORMAT_VERSION = 1
+DIGEST_KEY = "digest"  # "sha256:<hex>" over every other entry; older checkpoints lack it
+
+log = logging.getLogger(__name__)
+_warned_undigested = False
 
 
 @dataclass
@@ -82,6 +90,7 @@ class Checkpoint:
     data_dir: str | None = None
     averaged_from: list[str] | None = None
     path: Path | None = field(default=None, compare=False)  # where it was loaded from
+    digest: str | None = field(default=None, compare=False)  # verified on load; None: had none
 
     def payload(self) -> dict[str, Any]:
         """Plain data for ``torch.save`` (loadable with ``weights_only=True``)."""
@@ -102,6 +111,7 @@ class Checkpoint:
             out.update(optimizer=t.optimizer, schedule=t.schedule, scaler=t.scaler, rng=t.rng)
         if self.averaged_from is not None:
             out["averaged_from"] = list(self.averaged_from)
+        out[DIGEST_KEY] = payload_digest(out)
         return out
 
     @classmethod
@@ -126,15 +136,26 @@ class Checkpoint:
                 data_dir=payload.get("data_dir"),
                 averaged_from=payload.get("averaged_from"),
                 path=path,
+                digest=payload.get(DIGEST_KEY),
             )
         except (KeyError, TypeError, AttributeError) as err:
             raise CheckpointError(f"{path}: malformed s2s checkpoint ({err!r})") from None
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
-    """Write ``checkpoint`` to ``path`` through a temporary file and a rename."""
+    """Write ``checkpoint`` to ``path`` through a temporary file and a rename (a StorageError
+    naming ``path`` if the disk is full or unwritable; the previous file stays)."""
+    payload = checkpoint.payload()
     with atomic_path(path) as tmp:
-        torch.save(checkpoint.payload(), tmp)
+        try:
+            # Through a Python file, so a failed write keeps its OSError (errno and all); given a
+            # path, torch reports "enforce fail at inline_container.cc" and nothing else.
+            with open(tmp, "wb") as f:
+                torch.save(payload, f)
+        except RuntimeError as err:
+            if isinstance(err.__context__, OSError):
+                raise err.__context__ from None
+            raise
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
@@ -161,7 +182,56 @@ def _load_payload(path: Path, map_location: str | torch.device) -> dict[str, Any
             f"{path}: checkpoint format version {version} is not supported by this s2s "
             f"(expects {FORMAT_VERSION})"
         )
+    _verify_digest(payload, path)
     return payload
+
+
+def payload_digest(payload: dict[str, Any]) -> str:
+    """SHA-256 over every entry but the digest itself: tensors by dtype, shape and bytes, plain
+    values by type and repr, dict entries in sorted key order (so it is independent of how the
+    payload was built or loaded)."""
+    hasher = hashlib.sha256()
+    _feed(hasher, {key: value for key, value in payload.items() if key != DIGEST_KEY})
+    return f"sha256:{hasher.hexdigest()}"
+
+
+def _feed(hasher: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        hasher.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+        hasher.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+    elif isinstance(value, dict):
+        hasher.update(b"D%d" % len(value))
+        for key in sorted(value, key=repr):  # keys are str, or int (optimizer state)
+            _feed(hasher, key)
+            _feed(hasher, value[key])
+    elif isinstance(value, list | tuple):  # torch.load gives back what was saved; be lenient
+        hasher.update(b"L%d" % len(value))
+        for item in value:
+            _feed(hasher, item)
+    else:
+        text = f"{type(value).__name__}:{value!r}"
+        hasher.update(b"V%d:" % len(text) + text.encode("utf-8", "surrogatepass"))
+
+
+def _verify_digest(payload: dict[str, Any], path: Path) -> None:
+    global _warned_undigested
+    stored = payload.get(DIGEST_KEY)
+    if stored is None:
+        if not _warned_undigested:
+            _warned_undigested = True
+            log.warning(
+                "%s: written by s2s %s without an integrity digest; loaded unverified "
+                "(checkpoints saved by this version carry one)",
+                path,
+                payload.get("s2s_version", "unknown"),
+            )
+        return
+    if payload_digest(payload) != stored:
+        raise CheckpointError(
+            f"{path}: damaged: its contents do not match the SHA-256 digest saved with them "
+            "(bit rot or a partial copy); use another checkpoint or copy it again"
+        )
 
 
 def checkpoint_config(payload: dict[str, Any], path: str | Path) -> ExperimentConfig:
@@ -188,7 +258,7 @@ def link_or_copy(source: Path, target: Path) -> None:
         except OSError:
             import shutil
 
-            shutil.copyfile(source, tmp)
+            shutil.copyfile(source, tmp)  # its errors name tmp: atomic_path reports them
 
 
 def remove_quietly(path: Path) -> None:

@@ -38,6 +38,7 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
         "path": str(path),
         "s2s_version": checkpoint.s2s_version,
         "format_version": FORMAT_VERSION,
+        "integrity": "sha256 verified" if checkpoint.digest else "unverified (no digest)",
         "languages": f"{vocab.src_lang}-{vocab.tgt_lang}",
         "vocab_size": {"src": vocab.src_size, "tgt": vocab.tgt_size},
         "model": architecture,

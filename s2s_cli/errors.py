@@ -26,3 +26,12 @@ class CheckpointError(S2SError):
 class TrainingDiverged(S2SError):
     """Training produced no finite update for too long, or the optimizer step overflowed; the
     last checkpoint written before it is left untouched (exit status 1)."""
+
+
+class StorageError(S2SError):
+    """The operating system refused a read or write: a full disk, missing permission, read-only
+    or failing storage (exit status 1). Whatever was complete before is left as it was."""
+
+
+class InUseError(S2SError):
+    """Another process holds the lock on a save directory or dataset destination (exit status 1)."""

@@ -1,16 +1,34 @@
-"""File plumbing: atomic writes, transparent .gz, and UTF-8 line reading with line numbers."""
+"""File plumbing: atomic writes, transparent .gz, UTF-8 line reading with line numbers, and
+one-line messages for what the operating system refuses."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
+import logging
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from s2s_cli.errors import DataError
+from s2s_cli.errors import DataError, StorageError
+
+log = logging.getLogger(__name__)
+
+# Temporaries are named ``.NAME.PID@HOST.RANDOM.tmp``, so a later run can tell the leftovers of a
+# killed process (its PID is gone) from the live file of one still writing.
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+
+def describe_os_error(err: OSError) -> str:
+    """``No space left on device [ENOSPC]``: the reason, and the name to search for."""
+    code = errno.errorcode.get(err.errno or 0)
+    reason = err.strerror or str(err) or type(err).__name__
+    return f"{reason} [{code}]" if code else reason
 
 
 def open_binary(path: Path) -> BinaryIO:
@@ -24,7 +42,7 @@ def open_binary(path: Path) -> BinaryIO:
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected a text file") from None
     except OSError as err:
-        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
+        raise DataError(f"{path}: cannot read ({describe_os_error(err)})") from None
 
 
 def iter_lines(stream: Iterable[bytes], name: str | Path) -> Iterator[str]:
@@ -62,18 +80,74 @@ def resolve_text_file(prefix: str | Path, suffix: str) -> Path:
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp makes it private; outputs are not
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
+
+    An OS error while writing it (full disk, permissions, read-only or failing storage) becomes a
+    one-line StorageError naming ``path``; the previous ``path``, if any, is left untouched.
+    """
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise StorageError(f"{path}: cannot write ({describe_os_error(err)})") from None
+    tmp_path = Path(tmp)
+    try:
+        os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp makes it private; outputs are not
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.filename not in (None, tmp, str(path)) and err.filename2 != tmp:
+            raise  # another file's failure, reported by whoever handles it
+        raise StorageError(f"{path}: cannot write ({describe_os_error(err)})") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
+
+
+def temporary_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}@{HOST}."
+
+
+def remove_stale_temporaries(directory: Path, targets: str, exclusive: bool = False) -> list[Path]:
+    """Remove the temporaries that killed processes left beside files whose names match the
+    regular expression ``targets``; returns what was removed.
+
+    A temporary is stale when the process that made it (on this host) is gone, or, when the
+    caller holds the directory's lock (``exclusive``), whenever it is not this process's own.
+    """
+    pattern = re.compile(
+        rf"\.(?P<target>{targets})\.(?:(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]+)\.)?[A-Za-z0-9_]+\.tmp"
+    )
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        pid = int(match["pid"]) if match["pid"] else None
+        if pid == os.getpid():
+            continue
+        ours = match["host"] == HOST
+        if exclusive or (pid is not None and ours and not process_alive(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+                log.info("removed %s, left by a process that was killed", entry.path)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def current_umask() -> int:
@@ -99,4 +173,6 @@ def check_writable_dir(path: Path, what: str = "directory") -> None:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".s2s-probe-"):
             pass
     except OSError as err:
-        raise DataError(f"{path}: cannot write to this {what} ({err.strerror or err})") from None
+        raise StorageError(
+            f"{path}: cannot write to this {what} ({describe_os_error(err)})"
+        ) from None

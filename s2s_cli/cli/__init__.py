@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Annotated
 
 import typer
@@ -13,7 +14,7 @@ from s2s_cli.cli import preprocess as preprocess_cmd
 from s2s_cli.cli import score as score_cmd
 from s2s_cli.cli import train as train_cmd
 from s2s_cli.cli import translate as translate_cmd
-from s2s_cli.cli._common import make_app
+from s2s_cli.cli._common import error, exit_quietly_on_ctrl_c, make_app
 from s2s_cli.version import __version__
 
 app = make_app(
@@ -50,4 +51,12 @@ def main() -> None:
     # length-bucketed batches come in hundreds of shapes, so a small cache bounds memory at no
     # measured cost in speed. Must be set before torch loads; the user's own setting wins.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
-    app(prog_name="s2s")
+    try:
+        app(prog_name="s2s")
+    except KeyboardInterrupt:  # outside a command's own handling (e.g. while torch loads)
+        exit_quietly_on_ctrl_c()
+        error("interrupted")
+        sys.exit(130)
+    finally:
+        # Leaving: a Ctrl-C in an exit hook or a thread join ends it quietly (status 130).
+        exit_quietly_on_ctrl_c()

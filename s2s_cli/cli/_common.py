@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ import typer
 from rich.console import Console
 
 from s2s_cli.errors import S2SError
+from s2s_cli.io import describe_os_error
 
 stderr = Console(stderr=True, highlight=False)
 
@@ -57,15 +60,47 @@ def error(message: str) -> None:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn user-caused errors into one line and an exit status (1 data/runtime, 2 config)."""
+    """Turn user-caused errors into one line and an exit status (1 data/runtime/OS, 2 config,
+    130 interrupted)."""
     try:
         yield
     except S2SError as err:
+        if err.exit_code == 130:
+            exit_quietly_on_ctrl_c()
         error(str(err))
         raise typer.Exit(err.exit_code) from None
     except KeyboardInterrupt:
+        exit_quietly_on_ctrl_c()
         error("interrupted")
         raise typer.Exit(130) from None
+    except OSError as err:  # the backstop: known write paths raise StorageError themselves
+        where = f"{err.filename}: " if err.filename else ""
+        error(f"{where}{describe_os_error(err)}")
+        raise typer.Exit(1) from None
+
+
+def exit_quietly_on_ctrl_c() -> None:
+    """From now on a Ctrl-C ends the process at once with status 130, instead of raising
+    KeyboardInterrupt inside exit hooks and thread joins (a traceback)."""
+    with contextlib.suppress(ValueError):  # only the main thread may set handlers
+        signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
+
+
+class LogFile(logging.FileHandler):
+    """``train.log``: a failed write (a full disk) is one warning on stderr, not a traceback
+    per record; logging goes on to stderr alone."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        err = sys.exc_info()[1]
+        reason = describe_os_error(err) if isinstance(err, OSError) else repr(err)
+        logging.getLogger("s2s_cli").removeHandler(self)
+        with contextlib.suppress(Exception):
+            self.close()
+        print(
+            f"warning: {self.baseFilename}: cannot write ({reason}); logging to stderr only",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def setup_logging(verbose: bool = False, log_file: Path | None = None) -> None:
@@ -84,7 +119,7 @@ def setup_logging(verbose: bool = False, log_file: Path | None = None) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     root.addHandler(handler)
     if log_file is not None:
-        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler = LogFile(log_file, encoding="utf-8")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         root.addHandler(file_handler)
     root.propagate = False

@@ -65,7 +65,8 @@ def _render_checkpoint(report: dict) -> None:
     from rich.table import Table
 
     table = Table(
-        title=f"{report['path']} (s2s {report['s2s_version']}, format {report['format_version']})"
+        title=f"{report['path']} (s2s {report['s2s_version']}, format {report['format_version']}, "
+        f"{report['integrity']})"
     )
     table.add_column("module")
     table.add_column("parameters", justify="right")

@@ -135,52 +135,56 @@ def _dry_run(cfg, data_dir: Path | None) -> None:
 
 
 def _run(cfg, data_dir: Path, save_dir: Path, device: str, resume: bool) -> Path | None:
+    import contextlib
     import logging
-    import os
 
     from s2s_cli.io import check_writable_dir
-    from s2s_cli.training.distributed import launched_by_torchrun
+    from s2s_cli.locking import save_dir_lock
+    from s2s_cli.training.distributed import is_main_process
     from s2s_cli.training.trainer import train as run_training
 
-    main_rank = not launched_by_torchrun() or os.environ.get("RANK", "0") == "0"
+    main_rank = is_main_process()
     existed = save_dir.exists()
-    if main_rank:
-        check_writable_dir(save_dir, "save directory")
-        setup_logging(log_file=save_dir / "train.log")
-    else:
-        setup_logging()
-        logging.getLogger("s2s_cli").setLevel(logging.WARNING)
-    try:
-        best = run_training(
-            cfg,
-            data_dir,
-            save_dir,
-            device=device,
-            resume=resume,
-            progress=main_rank and stderr.is_terminal,
-            console=stderr,
-        )
-    except BaseException:
+    log_existed = (save_dir / "train.log").exists()
+    with contextlib.ExitStack() as lock:
         if main_rank:
-            _remove_start_debris(save_dir, existed)
-        raise
+            check_writable_dir(save_dir, "save directory")
+            # Before train.log opens: a refused second run must not touch the first one's files.
+            lock.enter_context(save_dir_lock(save_dir))
+            setup_logging(log_file=save_dir / "train.log")
+        else:
+            setup_logging()
+            logging.getLogger("s2s_cli").setLevel(logging.WARNING)
+        try:
+            best = run_training(
+                cfg,
+                data_dir,
+                save_dir,
+                device=device,
+                resume=resume,
+                progress=main_rank and stderr.is_terminal,
+                console=stderr,
+            )
+        except BaseException:
+            if main_rank:
+                _remove_start_debris(save_dir, existed, log_existed, release=lock.close)
+            raise
     return best if main_rank else None
 
 
-def _remove_start_debris(save_dir: Path, existed: bool) -> None:
-    """A run refused at start (no checkpoint written, nothing logged) leaves nothing behind:
-    its empty train.log goes, and the save directory too if this run created it."""
+def _remove_start_debris(save_dir: Path, existed: bool, log_existed: bool, release) -> None:
+    """A run refused at start (nothing logged) leaves nothing behind: the train.log it opened
+    goes if still empty, then its lock, and the save directory too if this run made it."""
     import logging
 
-    if (save_dir / "checkpoint_last.pt").exists():
-        return
     log_file = save_dir / "train.log"
     root = logging.getLogger("s2s_cli")
     for handler in list(root.handlers):
         if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == log_file:
             handler.close()
             root.removeHandler(handler)
-    if log_file.exists() and log_file.stat().st_size == 0:
+    if not log_existed and log_file.exists() and log_file.stat().st_size == 0:
         log_file.unlink()
+    release()
     if not existed and save_dir.is_dir() and not any(save_dir.iterdir()):
         save_dir.rmdir()

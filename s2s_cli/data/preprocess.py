@@ -9,9 +9,11 @@ into place only at the end, so a failure leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import itertools
 import json
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -23,9 +25,18 @@ from s2s_cli.config import DataConfig, ExperimentConfig, dump_yaml
 from s2s_cli.data import spm as spm_lib
 from s2s_cli.data.dataset import FORMAT, FORMAT_VERSION, MANIFEST
 from s2s_cli.data.indexed import IndexedWriter, best_dtype
-from s2s_cli.errors import ConfigError, DataError
-from s2s_cli.io import current_umask, iter_lines, open_binary, resolve_text_file
+from s2s_cli.errors import ConfigError, DataError, StorageError
+from s2s_cli.io import (
+    current_umask,
+    describe_os_error,
+    iter_lines,
+    open_binary,
+    resolve_text_file,
+)
+from s2s_cli.locking import destination_lock
 from s2s_cli.version import __version__
+
+log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, "int | None"], None]
 
@@ -87,21 +98,29 @@ def preprocess(
         raise ConfigError(f"--src-lang and --tgt-lang are both '{src_lang}'")
     splits = _split_inputs(src_lang, tgt_lang, train, valid, tests)
     dest = Path(dest)
-    _check_destination(dest, force)
-    progress = progress or (lambda split, done, total: None)
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    # mkdtemp makes the directory private; a dataset is an ordinary directory
-    tmp.chmod(0o777 & ~current_umask())
-    try:
-        manifest = _build(tmp, splits, src_lang, tgt_lang, cfg, spm_models, progress)
-        manifest["config"] = {"data": {**config.data.__dict__}}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        (tmp / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
-        _move_into_place(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _check_destination_parent(dest)
+    with destination_lock(dest):  # two runs into one --dest: the second is refused
+        _check_destination(dest, force)
+        _remove_stale_builds(dest)
+        progress = progress or (lambda split, done, total: None)
+        tmp = None
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+            # mkdtemp makes the directory private; a dataset is an ordinary directory
+            tmp.chmod(0o777 & ~current_umask())
+            manifest = _build(tmp, splits, src_lang, tgt_lang, cfg, spm_models, progress)
+            manifest["config"] = {"data": {**config.data.__dict__}}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+            (tmp / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
+            _move_into_place(tmp, dest)
+        except OSError as err:  # a full disk, lost permissions, failing storage
+            if err.filename and not str(err.filename).startswith(str(dest.parent)):
+                raise  # not ours to describe (the CLI names its file)
+            reason = describe_os_error(err)
+            raise StorageError(f"{dest}: cannot write the dataset ({reason})") from None
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
@@ -122,9 +141,21 @@ def _split_inputs(
     ]
 
 
-def _check_destination(dest: Path, force: bool) -> None:
+def _check_destination_parent(dest: Path) -> None:
     if dest.name in ("", ".", ".."):  # the dataset is written beside, then renamed onto, dest
         raise DataError(f"{dest}: name the dataset directory itself (e.g. {dest / 'data-bin'})")
+    parent = dest.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.TemporaryDirectory(prefix=".s2s-probe-", dir=parent)
+        probe.cleanup()
+    except OSError as err:
+        raise StorageError(
+            f"{dest}: cannot write the destination ({describe_os_error(err)})"
+        ) from None
+
+
+def _check_destination(dest: Path, force: bool) -> None:
     if dest.exists() and not force:
         raise DataError(f"{dest}: already exists (use --force to replace it)")
     if dest.exists() and not dest.is_dir():
@@ -134,13 +165,16 @@ def _check_destination(dest: Path, force: bool) -> None:
             f"{dest}: exists and is not an s2s dataset (no {MANIFEST}); --force replaces only "
             "a dataset directory"
         )
-    parent = dest.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.TemporaryDirectory(prefix=".s2s-probe-", dir=parent)
-        probe.cleanup()
-    except OSError as err:
-        raise DataError(f"{dest}: cannot write the destination ({err.strerror or err})") from None
+
+
+def _remove_stale_builds(dest: Path) -> None:
+    """What a killed run into ``dest`` left beside it (its half-built or replaced dataset); only
+    called under ``dest``'s lock, so no live run owns them."""
+    for prefix in (f".{dest.name}.tmp-", f".{dest.name}.old-"):
+        for stale in dest.parent.glob(glob.escape(prefix) + "*"):
+            if stale.is_dir() and not stale.is_symlink():
+                log.info("removing %s, left by a killed run", stale)
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def _move_into_place(tmp: Path, dest: Path) -> None:

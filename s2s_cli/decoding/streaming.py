@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,13 @@ from s2s_cli.decoding.alignment import format_alignment
 from s2s_cli.decoding.plot import write_attention_plot
 from s2s_cli.decoding.translator import Translation, Translator
 from s2s_cli.errors import ConfigError
-from s2s_cli.io import atomic_path, check_writable_dir, iter_lines, open_binary
+from s2s_cli.io import (
+    atomic_path,
+    check_writable_dir,
+    iter_lines,
+    open_binary,
+    remove_stale_temporaries,
+)
 
 log = logging.getLogger(__name__)
 FORMATS = ("text", "jsonl")
@@ -100,6 +107,7 @@ def _output(path: Path | None) -> Iterator[IO[str]]:
     if path is None:
         yield sys.stdout
         return
+    remove_stale_temporaries(path.parent, re.escape(path.name))  # a killed earlier run's
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         yield f
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import torch
 
 from s2s_cli.checkpoint import load_checkpoint, save_checkpoint
 from s2s_cli.errors import CheckpointError, ConfigError
+from s2s_cli.io import remove_stale_temporaries
 
 
 def last_checkpoints(save_dir: Path, count: int) -> list[Path]:
@@ -59,5 +61,6 @@ def average_checkpoints(paths: list[Path], output: Path) -> Path:
     result = dataclasses.replace(
         last, model=averaged, training=None, data_dir=None, averaged_from=[str(p) for p in paths]
     )
+    remove_stale_temporaries(output.parent, re.escape(output.name))  # a killed earlier run's
     save_checkpoint(result, output)
     return output

@@ -34,6 +34,11 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def is_main_process() -> bool:
+    """Rank 0, or not distributed: the process that writes the save directory."""
+    return not launched_by_torchrun() or os.environ["RANK"] == "0"
+
+
 def init_distributed(device_kind: str) -> DistributedContext:
     """Join the process group torchrun set up; a single process needs none."""
     if not launched_by_torchrun():

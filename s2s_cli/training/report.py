@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from s2s_cli.device import memory_summary
-from s2s_cli.io import atomic_write_text
+from s2s_cli.errors import StorageError
+from s2s_cli.io import atomic_write_text, describe_os_error
 from s2s_cli.training.step import UpdateResult
 
 log = logging.getLogger(__name__)
@@ -174,8 +175,13 @@ class Reporter:
         )
 
     def _write(self, record: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as err:
+            raise StorageError(
+                f"{self.metrics_path}: cannot write ({describe_os_error(err)})"
+            ) from None
         if self._tb is not None:
             prefix = record["kind"]
             for key, value in record.items():

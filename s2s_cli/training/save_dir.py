@@ -8,6 +8,9 @@ from pathlib import Path
 from s2s_cli.checkpoint import Checkpoint, link_or_copy, remove_quietly, save_checkpoint
 
 LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
+# What a run writes there atomically (a regular expression): the temporaries of these that a
+# killed run left are removed when the next run takes the directory's lock.
+SAVE_DIR_FILES = r"checkpoint_(?:last|best|u\d+)\.pt|config\.yaml|metrics\.jsonl"
 
 
 class SaveDirectory:

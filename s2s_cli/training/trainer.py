@@ -30,24 +30,26 @@ from s2s_cli.checkpoint import (
     Vocabulary,
     load_checkpoint,
 )
-from s2s_cli.config import ExperimentConfig, to_dict, write_config
+from s2s_cli.config import DataConfig, ExperimentConfig, build_section, to_dict, write_config
 from s2s_cli.data.batching import Shard, make_batches
 from s2s_cli.data.dataset import Dataset
 from s2s_cli.data.loader import Batch, collate, prefetch
 from s2s_cli.data.spm import load_processor
 from s2s_cli.device import check_precision, resolve_device
 from s2s_cli.errors import CheckpointError, ConfigError, S2SError
-from s2s_cli.io import check_writable_dir
+from s2s_cli.io import check_writable_dir, remove_stale_temporaries
+from s2s_cli.locking import save_dir_lock
 from s2s_cli.models.build import build_model
 from s2s_cli.training.distributed import (
     all_reduce_tensor,
     any_rank,
     init_distributed,
+    is_main_process,
     shutdown,
 )
 from s2s_cli.training.divergence import DivergenceWatch
 from s2s_cli.training.report import Reporter
-from s2s_cli.training.save_dir import SaveDirectory
+from s2s_cli.training.save_dir import SAVE_DIR_FILES, SaveDirectory
 from s2s_cli.training.schedule import LearningRate, build_optimizer, teacher_forcing_ratio
 from s2s_cli.training.step import LossModule, Updater
 from s2s_cli.training.validate import HIGHER_IS_BETTER, Validator
@@ -72,6 +74,9 @@ RESUMABLE = {
 }
 
 
+FREE_SECTIONS = ("decode.", "data.")
+
+
 class TrainingInterrupted(S2SError):
     """A signal stopped training after a checkpoint was saved."""
 
@@ -89,12 +94,22 @@ def train(
     progress: bool = False,
     console: Any = None,
 ) -> Path:
-    """Train (or continue training) a model; returns the path of the best checkpoint."""
-    run = TrainingRun(cfg, Path(data_dir), Path(save_dir), device, resume, progress, console)
-    try:
-        return run.fit()
-    finally:
-        run.close()
+    """Train (or continue training) a model; returns the path of the best checkpoint.
+
+    The save directory is locked for the run (InUseError if another run holds it), and the
+    temporaries of checkpoints a killed run was writing there are removed.
+    """
+    save_dir = Path(save_dir)
+    with contextlib.ExitStack() as stack:
+        if is_main_process():
+            check_writable_dir(save_dir, "save directory")
+            stack.enter_context(save_dir_lock(save_dir))
+            remove_stale_temporaries(save_dir, SAVE_DIR_FILES, exclusive=True)
+        run = TrainingRun(cfg, Path(data_dir), save_dir, device, resume, progress, console)
+        try:
+            return run.fit()
+        finally:
+            run.close()
 
 
 class TrainingRun:
@@ -116,13 +131,11 @@ class TrainingRun:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.dataset = Dataset(data_dir)
-        self.cfg = cfg
+        self.cfg = cfg = _describing_dataset(cfg, self.dataset)
         self.save_dir = save_dir
         self.files = SaveDirectory(save_dir, cfg.train.save_every, cfg.train.keep_last)
         self.divergence = DivergenceWatch(cfg.train.max_nonfinite_updates, self.files.last)
         self.train_split = self.dataset.split("train")
-        if self.context.is_main:
-            check_writable_dir(save_dir, "save directory")
         saved = self._existing_checkpoint(resume)
         self._build()
         self.reporter = Reporter(
@@ -471,13 +484,23 @@ class TrainingRun:
         shutdown(self.context)
 
 
+def _describing_dataset(cfg: ExperimentConfig, dataset: Dataset) -> ExperimentConfig:
+    """``cfg`` with the data section the dataset was made with, so the saved config says what
+    really trained, whichever way ``cfg`` was built (the CLI does the same from the manifest)."""
+    made_with = dict(dataset.manifest.get("config", {}).get("data", {}))
+    made_with["joint"] = dataset.joint
+    data = build_section(DataConfig, {**dataclasses.asdict(cfg.data), **made_with}, "data.")
+    return dataclasses.replace(cfg, data=data)
+
+
 def _check_same_run(saved: ExperimentConfig, current: ExperimentConfig, path: Path) -> None:
-    """A resumed run may change only when it stops/logs/validates and how it decodes."""
+    """A resumed run may change only when it stops/logs/validates and how it decodes (and the
+    data section, which describes how the dataset was made: the dataset itself is what trains)."""
     old, new = _flatten(to_dict(saved)), _flatten(to_dict(current))
     changed = [
         k
         for k in sorted(set(old) | set(new))
-        if old.get(k) != new.get(k) and k not in RESUMABLE and not k.startswith("decode.")
+        if old.get(k) != new.get(k) and k not in RESUMABLE and not k.startswith(FREE_SECTIONS)
     ]
     if changed:
         details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:3])

@@ -358,6 +358,7 @@ def test_average_and_info_on_checkpoints(trained_checkpoint, tmp_path):
     info = json.loads(s2s("info", str(out), "--json", check=True).stdout)
     assert info["parameters"]["total"] > 0 and info["model"]["cell"] == "lstm"
     assert len(info["averaged_from"]) == 2
+    assert info["integrity"] == "sha256 verified"
 
 
 # -- score --------------------------------------------------------------------------------------

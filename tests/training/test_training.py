@@ -13,7 +13,7 @@ import torch
 from s2s_cli import Dataset, load_config, train
 from s2s_cli.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from s2s_cli.data.loader import collate
-from s2s_cli.errors import CheckpointError, ConfigError, DataError
+from s2s_cli.errors import CheckpointError, ConfigError, DataError, StorageError
 from s2s_cli.models.build import build_model
 from s2s_cli.training.average import average_checkpoints
 from s2s_cli.training.distributed import DistributedContext
@@ -123,6 +123,80 @@ def test_any_corrupt_checkpoint_is_a_one_line_error(tmp_path, trained_checkpoint
         assert "\n" not in str(info.value)
 
 
+def _tensor_records(path: Path) -> list[tuple[int, int]]:
+    """(offset, size) of each tensor's bytes inside a checkpoint (a zip archive)."""
+    import struct
+    import zipfile
+
+    records = []
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+        for info in archive.infolist():
+            if "/data/" in info.filename and info.file_size >= 64:
+                raw.seek(info.header_offset + 26)
+                name_len, extra_len = struct.unpack("<HH", raw.read(4))
+                records.append((info.header_offset + 30 + name_len + extra_len, info.file_size))
+    return records
+
+
+def _flip(path: Path, offset: int, count: int = 64) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        data = f.read(count)
+        f.seek(offset)
+        f.write(bytes(b ^ 0xFF for b in data))
+
+
+def test_bit_rot_in_any_tensor_of_a_checkpoint_is_a_one_line_error(tmp_path, trained_checkpoint):
+    """Weights, optimizer moments, RNG states, SentencePiece bytes: each is covered."""
+    records = _tensor_records(trained_checkpoint)
+    assert len(records) > 20  # model, optimizer state, rng and spm tensors
+    for i, (offset, size) in enumerate(records):
+        path = tmp_path / f"rot{i}.pt"
+        shutil.copyfile(trained_checkpoint, path)
+        _flip(path, offset + size // 2 - 32)
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path)
+        assert str(info.value).startswith(f"{path}: damaged: its contents do not match")
+        assert "\n" not in str(info.value)
+    middle = tmp_path / "middle.pt"  # the issue's case: 64 bytes in the middle of the file
+    shutil.copyfile(trained_checkpoint, middle)
+    _flip(middle, middle.stat().st_size // 2)
+    with pytest.raises(CheckpointError, match="damaged|not a readable"):
+        load_checkpoint(middle)
+
+
+def test_changed_metadata_fails_the_digest(tmp_path, trained_checkpoint):
+    payload = torch.load(trained_checkpoint, weights_only=True)
+    payload["progress"]["updates"] += 1
+    torch.save(payload, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_checkpoint(tmp_path / "x.pt")
+
+
+def test_a_checkpoint_without_a_digest_loads_with_one_warning(tmp_path, trained_checkpoint, caplog):
+    import s2s_cli.checkpoint as checkpoint_module
+
+    payload = torch.load(trained_checkpoint, weights_only=True)
+    assert payload["digest"].startswith("sha256:")
+    del payload["digest"]
+    torch.save(payload, tmp_path / "old.pt")
+    checkpoint_module._warned_undigested = False
+    with caplog.at_level(logging.WARNING, logger="s2s_cli"):
+        old = load_checkpoint(tmp_path / "old.pt")
+        load_checkpoint(tmp_path / "old.pt")
+    warnings = [r.getMessage() for r in caplog.records if "integrity digest" in r.getMessage()]
+    assert warnings == [
+        f"{tmp_path / 'old.pt'}: written by s2s {payload['s2s_version']} without an integrity "
+        "digest; loaded unverified (checkpoints saved by this version carry one)"
+    ]
+    assert old.digest is None
+    current = load_checkpoint(trained_checkpoint)
+    assert current.digest == torch.load(trained_checkpoint, weights_only=True)["digest"]
+    assert all(torch.equal(old.model[k], v) for k, v in current.model.items())
+    save_checkpoint(old, tmp_path / "resaved.pt")  # saving again adds a digest
+    assert load_checkpoint(tmp_path / "resaved.pt").digest is not None
+
+
 def test_checkpoint_format_version_mismatch(tmp_path, trained_checkpoint):
     save_checkpoint(load_checkpoint(trained_checkpoint), tmp_path / "x.pt")
     payload = torch.load(tmp_path / "x.pt", weights_only=True)
@@ -139,7 +213,7 @@ def test_checkpoint_format_version_mismatch(tmp_path, trained_checkpoint):
         ("no_manifest", DataError, "manifest.json: missing"),
         ("corrupt_manifest", DataError, "corrupt manifest"),
         ("old_version", DataError, "dataset format version 0 is not supported"),
-        ("unwritable", DataError, "cannot write to this save directory"),
+        ("unwritable", StorageError, "cannot write to this save directory"),
     ],
 )
 def test_bad_training_inputs(tiny_dataset, tmp_path, setup, error, message):

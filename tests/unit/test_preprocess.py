@@ -12,7 +12,7 @@ from s2s_cli.config import load_config
 from s2s_cli.data.indexed import IndexedDataset, IndexedWriter, best_dtype
 from s2s_cli.data.info import dataset_info
 from s2s_cli.data.spm import SPECIAL_IDS, SentenceSample
-from s2s_cli.errors import DataError
+from s2s_cli.errors import DataError, StorageError
 
 
 def run(corpus: Path, dest: Path, *overrides: str, **kwargs) -> Path:
@@ -191,7 +191,7 @@ def test_bad_input_is_one_line_error_and_leaves_nothing(tmp_path: Path, case: st
 def test_unwritable_destination(corpus: Path, tmp_path: Path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(DataError, match="cannot write the destination"):
+    with pytest.raises(StorageError, match="cannot write the destination"):
         run(corpus, blocker / "sub" / "d")
 
 
