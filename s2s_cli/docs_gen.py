@@ -21,16 +21,14 @@ SECTION_TITLES = {
 
 
 def _plain(text: str | None) -> str:
-    return MARKUP.sub("", text or "").strip()
+    return MARKUP.sub("", text or "").replace("\\[", "[").strip()
 
 
 def cli_pages() -> dict[str, str]:
     """``{file name: markdown}``: an index plus one page per subcommand, from the Typer app."""
-    import typer
+    from s2s_cli.cli import command
 
-    from s2s_cli.cli import app
-
-    group = typer.main.get_command(app)
+    group = command()
     ctx = group.make_context("s2s", [], resilient_parsing=True)
     index = [
         "# Command-line reference",

@@ -9,7 +9,9 @@ import gzip
 import logging
 import os
 import re
+import select
 import socket
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -49,16 +51,60 @@ def iter_lines(stream: Iterable[bytes], name: str | Path) -> Iterator[str]:
     """Decode byte lines as strict UTF-8, naming the file and line on failure."""
     try:
         for number, raw in enumerate(stream, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(
-                    f"{name}: line {number}: invalid UTF-8 (byte 0x{raw[err.start]:02x} "
-                    f"at column {err.start + 1})"
-                ) from None
-            yield line.rstrip("\r\n")
+            yield _decode_line(raw, number, name)
     except (OSError, EOFError, gzip.BadGzipFile) as err:
         raise DataError(f"{name}: cannot read ({err})") from None
+
+
+def _decode_line(raw: bytes, number: int, name: str | Path) -> str:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{name}: line {number}: invalid UTF-8 (byte 0x{raw[err.start]:02x} "
+            f"at column {err.start + 1})"
+        ) from None
+    return line.rstrip("\r\n")
+
+
+def is_stream(stream: BinaryIO) -> bool:
+    """A pipe, FIFO, socket or terminal (where input can stall), not a regular file."""
+    if os.name != "posix" or isinstance(stream, gzip.GzipFile):
+        return False
+    try:
+        return not stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError):  # no file descriptor (e.g. a test's BytesIO)
+        return False
+
+
+def iter_lines_or_stalls(
+    stream: BinaryIO, name: str | Path, stall_seconds: float
+) -> Iterator[str | None]:
+    """Like ``iter_lines`` for a pipe or terminal, but yields None whenever no complete line has
+    arrived for ``stall_seconds``: a consumer can act on what it has instead of waiting for a
+    slow producer (and a fast one never stalls, so it still gets full batches)."""
+    fd = stream.fileno()
+    pending, number, ended = b"", 0, False
+    while True:
+        if b"\n" in pending:
+            *complete, pending = pending.split(b"\n")
+            for raw in complete:
+                number += 1
+                yield _decode_line(raw, number, name)
+            continue
+        if ended:
+            if pending:
+                yield _decode_line(pending, number + 1, name)
+            return
+        try:
+            if not select.select([fd], [], [], stall_seconds)[0]:
+                yield None
+                select.select([fd], [], [])  # then wait for more, without spinning
+            chunk = os.read(fd, 1 << 16)
+        except OSError as err:
+            raise DataError(f"{name}: cannot read ({describe_os_error(err)})") from None
+        ended = not chunk
+        pending += chunk
 
 
 def read_lines(path: Path) -> Iterator[str]:

@@ -14,7 +14,7 @@ from s2s_cli.cli import preprocess as preprocess_cmd
 from s2s_cli.cli import score as score_cmd
 from s2s_cli.cli import train as train_cmd
 from s2s_cli.cli import translate as translate_cmd
-from s2s_cli.cli._common import error, exit_quietly_on_ctrl_c, make_app
+from s2s_cli.cli._common import error, exit_quietly_on_ctrl_c, make_app, tidy_help
 from s2s_cli.version import __version__
 
 app = make_app(
@@ -29,13 +29,17 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
     """s2s: RNN sequence-to-sequence toolkit."""
+    if ctx.invoked_subcommand is None:  # bare `s2s`: the help, and success (not a usage error)
+        print(ctx.get_help())
+        raise typer.Exit(0)
 
 
 app.command("preprocess")(preprocess_cmd.preprocess)
@@ -46,13 +50,20 @@ app.command("average")(average_cmd.average)
 app.command("info")(info_cmd.info)
 
 
+def command():  # -> click.Group
+    """The click command behind ``s2s`` (what ``main`` runs and the docs describe)."""
+    group = typer.main.get_command(app)
+    tidy_help(group)
+    return group
+
+
 def main() -> None:
     # oneDNN keeps one compiled primitive (with its scratch memory) per tensor shape, up to 1,024;
     # length-bucketed batches come in hundreds of shapes, so a small cache bounds memory at no
     # measured cost in speed. Must be set before torch loads; the user's own setting wins.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
     try:
-        app(prog_name="s2s")
+        command()(prog_name="s2s")
     except KeyboardInterrupt:  # outside a command's own handling (e.g. while torch loads)
         exit_quietly_on_ctrl_c()
         error("interrupted")

@@ -39,10 +39,64 @@ DeviceOpt = Annotated[
 ]
 
 
+def config_help(text: str, key: str, *, from_checkpoint: bool = False) -> str:
+    """``text`` and the default of config ``key`` (SECTION.NAME), read from the config classes so
+    help and code cannot drift; the brackets are escaped so rich shows them."""
+    from s2s_cli.config import SECTIONS
+
+    section, name = key.split(".")
+    shown = yaml_value(getattr(SECTIONS[section](), name))
+    if from_checkpoint:
+        return f"{text} \\[default: the checkpoint's {key}, normally {shown}]"
+    return f"{text} \\[default: {shown} ({key})]"
+
+
+def config_choices(key: str) -> str:
+    """``bpe|unigram|char|word``: the values a Literal config field accepts, as a metavar."""
+    import typing
+
+    from s2s_cli.config import SECTIONS
+
+    section, name = key.split(".")
+    hint = typing.get_type_hints(SECTIONS[section])[name]
+    return "|".join(str(choice) for choice in typing.get_args(hint))
+
+
+def yaml_value(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def tidy_help(command) -> None:  # a click Group or Command, as Typer builds it
+    """Typer's help shows a type column (``<bool>``, ``<str>``, ``<list[str]>``) that says less
+    than a metavar: flags show none, arguments their metavar, other options their name."""
+    for sub in getattr(command, "commands", {}).values():
+        tidy_help(sub)
+    make_help_option = command.get_help_option
+
+    def help_option(ctx):  # click makes --help per context
+        option = make_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = help_option
+    for param in command.params:
+        if param.param_type_name == "argument":  # its name column already shows the metavar
+            param.display_type_rich = lambda ctx: None
+        elif getattr(param, "is_flag", False):
+            param.metavar = ""
+        elif param.metavar is None:
+            param.metavar = param.name.upper()
+
+
 def make_app(help_text: str) -> typer.Typer:
     return typer.Typer(
         help=help_text,
-        no_args_is_help=True,
+        no_args_is_help=False,  # bare `s2s` prints help with status 0 (see cli/__init__.py)
         pretty_exceptions_show_locals=False,
         rich_markup_mode="rich",
         add_completion=False,

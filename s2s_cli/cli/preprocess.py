@@ -7,15 +7,22 @@ from typing import Annotated
 
 import typer
 
-from s2s_cli.cli._common import ConfigOpt, OverridesArg, stderr, user_errors
+from s2s_cli.cli._common import (
+    ConfigOpt,
+    OverridesArg,
+    config_choices,
+    config_help,
+    stderr,
+    user_errors,
+)
 
 
 def preprocess(
     src_lang: Annotated[
-        str, typer.Option("--src-lang", help="Source language suffix (PREFIX.SRC).")
+        str, typer.Option("--src-lang", metavar="LANG", help="Source language suffix (PREFIX.SRC).")
     ],
     tgt_lang: Annotated[
-        str, typer.Option("--tgt-lang", help="Target language suffix (PREFIX.TGT).")
+        str, typer.Option("--tgt-lang", metavar="LANG", help="Target language suffix (PREFIX.TGT).")
     ],
     train: Annotated[
         str,
@@ -39,22 +46,24 @@ def preprocess(
         typer.Option(
             "--vocab-size",
             metavar="N",
-            help="SentencePiece vocabulary size [data.vocab_size: 8000].",
+            help=config_help("SentencePiece vocabulary size.", "data.vocab_size"),
+            show_default=False,
         ),
     ] = None,
     spm_type: Annotated[
         str | None,
         typer.Option(
             "--spm-type",
-            metavar="bpe|unigram",
-            help="SentencePiece model type [data.spm_type: bpe].",
+            metavar=config_choices("data.spm_type"),
+            help=config_help("SentencePiece model type.", "data.spm_type"),
+            show_default=False,
         ),
     ] = None,
     joint: Annotated[
         bool | None,
         typer.Option(
             "--joint/--separate",
-            help="One shared vocabulary, or one per side [data.joint: joint].",
+            help=config_help("One shared vocabulary, or one per side.", "data.joint"),
             show_default=False,
         ),
     ] = None,
@@ -68,7 +77,12 @@ def preprocess(
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option("--workers", metavar="N", help="Encoding threads [data.workers: 1]."),
+        typer.Option(
+            "--workers",
+            metavar="N",
+            help=config_help("Encoding threads.", "data.workers"),
+            show_default=False,
+        ),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing destination.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 from pathlib import Path
@@ -9,7 +10,14 @@ from typing import Annotated
 
 import typer
 
-from s2s_cli.cli._common import DeviceOpt, setup_logging, stderr, user_errors
+from s2s_cli.cli._common import (
+    DeviceOpt,
+    config_choices,
+    config_help,
+    setup_logging,
+    stderr,
+    user_errors,
+)
 
 
 def translate(
@@ -47,7 +55,7 @@ def translate(
         typer.Option(
             "--beam",
             metavar="N",
-            help="Beam size; 1 = greedy [decode.beam: 5].",
+            help=config_help("Beam size; 1 = greedy.", "decode.beam", from_checkpoint=True),
             show_default=False,
         ),
     ] = None,
@@ -56,7 +64,11 @@ def translate(
         typer.Option(
             "--nbest",
             metavar="K",
-            help="Hypotheses per sentence (text: tab-separated on one line) [1].",
+            help=config_help(
+                "Hypotheses per sentence (text: tab-separated on one line).",
+                "decode.nbest",
+                from_checkpoint=True,
+            ),
             show_default=False,
         ),
     ] = None,
@@ -65,7 +77,11 @@ def translate(
         typer.Option(
             "--lenpen",
             metavar="A",
-            help="Length penalty exponent; 0 = raw log-probability [1.0].",
+            help=config_help(
+                "Length penalty exponent; 0 = raw log-probability.",
+                "decode.lenpen",
+                from_checkpoint=True,
+            ),
             show_default=False,
         ),
     ] = None,
@@ -73,8 +89,12 @@ def translate(
         str | None,
         typer.Option(
             "--lenpen-style",
-            metavar="average|gnmt",
-            help="Divide by len^A, or GNMT's ((5+len)/6)^A [average].",
+            metavar=config_choices("decode.lenpen_style"),
+            help=config_help(
+                "Divide by len^A, or GNMT's ((5+len)/6)^A.",
+                "decode.lenpen_style",
+                from_checkpoint=True,
+            ),
             show_default=False,
         ),
     ] = None,
@@ -83,14 +103,19 @@ def translate(
         typer.Option(
             "--coverage-penalty",
             metavar="B",
-            help="GNMT coverage penalty weight [0].",
+            help=config_help(
+                "GNMT coverage penalty weight.", "decode.coverage_penalty", from_checkpoint=True
+            ),
             show_default=False,
         ),
     ] = None,
     batch_size: Annotated[
         int | None,
         typer.Option(
-            "--batch-size", metavar="N", help="Sentences per batch [64].", show_default=False
+            "--batch-size",
+            metavar="N",
+            help=config_help("Sentences per batch.", "decode.batch_size", from_checkpoint=True),
+            show_default=False,
         ),
     ] = None,
     max_tokens: Annotated[
@@ -98,7 +123,9 @@ def translate(
         typer.Option(
             "--max-tokens",
             metavar="N",
-            help="Or a budget of source pieces per batch.",
+            help=config_help(
+                "Or a budget of source pieces per batch.", "decode.max_tokens", from_checkpoint=True
+            ),
             show_default=False,
         ),
     ] = None,
@@ -107,8 +134,12 @@ def translate(
         typer.Option(
             "--buffer-size",
             metavar="N",
-            help="Lines read, length-sorted and translated together; output flows "
-            "buffer by buffer [1000; 1 on a terminal].",
+            help=config_help(
+                "Lines read, length-sorted and translated together; output flows buffer by "
+                "buffer, and a pipe's input is translated as soon as it stalls. On a terminal: 1.",
+                "decode.buffer_size",
+                from_checkpoint=True,
+            ),
             show_default=False,
         ),
     ] = None,
@@ -117,7 +148,11 @@ def translate(
         typer.Option(
             "--max-source-len",
             metavar="N",
-            help="Truncate longer inputs (pieces), with a warning [250].",
+            help=config_help(
+                "Truncate longer inputs (pieces), with a warning.",
+                "decode.max_source_len",
+                from_checkpoint=True,
+            ),
             show_default=False,
         ),
     ] = None,
@@ -126,18 +161,30 @@ def translate(
         typer.Option(
             "--max-len-a",
             metavar="A",
-            help="Output at most A * source length + B pieces [2.0].",
+            help=config_help(
+                "Output at most A * source length + B pieces.",
+                "decode.max_len_a",
+                from_checkpoint=True,
+            ),
             show_default=False,
         ),
     ] = None,
     max_len_b: Annotated[
         int | None,
-        typer.Option("--max-len-b", metavar="B", help="See --max-len-a [20].", show_default=False),
+        typer.Option(
+            "--max-len-b",
+            metavar="B",
+            help=config_help("See --max-len-a.", "decode.max_len_b", from_checkpoint=True),
+            show_default=False,
+        ),
     ] = None,
     min_len: Annotated[
         int | None,
         typer.Option(
-            "--min-len", metavar="N", help="No EOS before N pieces [1].", show_default=False
+            "--min-len",
+            metavar="N",
+            help=config_help("No EOS before N pieces.", "decode.min_len", from_checkpoint=True),
+            show_default=False,
         ),
     ] = None,
     no_repeat_ngram: Annotated[
@@ -145,36 +192,67 @@ def translate(
         typer.Option(
             "--no-repeat-ngram",
             metavar="N",
-            help="Never repeat an n-gram of this size [0: off].",
+            help=config_help(
+                "Never repeat an n-gram of this size (0: off).",
+                "decode.no_repeat_ngram",
+                from_checkpoint=True,
+            ),
             show_default=False,
         ),
     ] = None,
     sampling: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--sampling", help="Sample instead of searching (--nbest samples per sentence)."
+            "--sampling/--no-sampling",
+            help=config_help(
+                "Sample instead of searching (--nbest samples per sentence).",
+                "decode.sampling",
+                from_checkpoint=True,
+            ),
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     temperature: Annotated[
         float | None,
         typer.Option(
-            "--temperature", metavar="T", help="Sampling temperature [1.0].", show_default=False
+            "--temperature",
+            metavar="T",
+            help=config_help("Sampling temperature.", "decode.temperature", from_checkpoint=True),
+            show_default=False,
         ),
     ] = None,
     topk: Annotated[
         int | None,
         typer.Option(
-            "--topk", metavar="K", help="Sample among the K most likely pieces.", show_default=False
+            "--topk",
+            metavar="K",
+            help=config_help(
+                "Sample among the K most likely pieces.", "decode.topk", from_checkpoint=True
+            ),
+            show_default=False,
         ),
     ] = None,
     seed: Annotated[
         int | None,
-        typer.Option("--seed", metavar="N", help="Sampling seed [1].", show_default=False),
+        typer.Option(
+            "--seed",
+            metavar="N",
+            help=config_help("Sampling seed.", "decode.seed", from_checkpoint=True),
+            show_default=False,
+        ),
     ] = None,
     replace_unk: Annotated[
-        bool,
-        typer.Option("--replace-unk", help="Replace <unk> with the most-attended source piece."),
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--replace-unk/--no-replace-unk",
+            help=config_help(
+                "Replace <unk> with the most-attended source piece.",
+                "decode.replace_unk",
+                from_checkpoint=True,
+            ),
+            show_default=False,
+        ),
+    ] = None,
     output_format: Annotated[
         str,
         typer.Option(
@@ -205,8 +283,10 @@ def translate(
         str | None,
         typer.Option(
             "--precision",
-            metavar="fp32|bf16|fp16",
-            help="Arithmetic precision (autocast) [fp32].",
+            metavar=config_choices("decode.precision"),
+            help=config_help(
+                "Arithmetic precision (autocast).", "decode.precision", from_checkpoint=True
+            ),
             show_default=False,
         ),
     ] = None,
@@ -215,32 +295,14 @@ def translate(
 
     Example: [bold]cat in.txt | s2s translate -c model.pt --beam 5 | s2s score -r ref.txt[/]
     """
+    from s2s_cli.config import DecodeConfig
     from s2s_cli.decoding.streaming import StreamOptions, translate_stream
 
     if output_file is None:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends us quietly, like any filter
     setup_logging()
-    overrides = {
-        "beam": beam,
-        "nbest": nbest,
-        "lenpen": lenpen,
-        "lenpen_style": lenpen_style,
-        "coverage_penalty": coverage_penalty,
-        "batch_size": batch_size,
-        "max_tokens": max_tokens,
-        "buffer_size": buffer_size,
-        "max_source_len": max_source_len,
-        "max_len_a": max_len_a,
-        "max_len_b": max_len_b,
-        "min_len": min_len,
-        "no_repeat_ngram": no_repeat_ngram,
-        "sampling": sampling or None,
-        "temperature": temperature,
-        "topk": topk,
-        "seed": seed,
-        "replace_unk": replace_unk or None,
-        "precision": precision,
-    }
+    given = locals()
+    overrides = {f.name: given[f.name] for f in dataclasses.fields(DecodeConfig)}  # every key
     with user_errors():
         options = StreamOptions(
             checkpoints=checkpoint,

@@ -6,7 +6,6 @@ Output flows as each buffer finishes, one line per input line, in input order.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import re
@@ -26,13 +25,18 @@ from s2s_cli.errors import ConfigError
 from s2s_cli.io import (
     atomic_path,
     check_writable_dir,
+    is_stream,
     iter_lines,
+    iter_lines_or_stalls,
     open_binary,
     remove_stale_temporaries,
 )
 
 log = logging.getLogger(__name__)
 FORMATS = ("text", "jsonl")
+# A pipe that brings no complete line for this long has stalled: translate what has arrived.
+# Long enough that a producer writing steadily is never split into small batches.
+STALL_SECONDS = 0.1
 
 
 @dataclass
@@ -94,12 +98,15 @@ def _decode_config(base: DecodeConfig, options: StreamOptions) -> DecodeConfig:
 
 
 @contextlib.contextmanager
-def _input_lines(path: Path | None) -> Iterator[Iterator[str]]:
-    if path is None:
-        yield iter_lines(sys.stdin.buffer, "<stdin>")
-        return
-    with open_binary(path) as stream:
-        yield iter_lines(stream, path)
+def _input_lines(path: Path | None) -> Iterator[Iterator[str | None]]:
+    """Input lines; from a pipe or terminal also None when the producer stalls (see _buffers)."""
+    with contextlib.ExitStack() as stack:
+        stream = sys.stdin.buffer if path is None else stack.enter_context(open_binary(path))
+        name = "<stdin>" if path is None else path
+        if is_stream(stream):
+            yield iter_lines_or_stalls(stream, name, STALL_SECONDS)
+        else:
+            yield iter_lines(stream, name)
 
 
 @contextlib.contextmanager
@@ -130,8 +137,16 @@ def _progress(enabled: bool, console: Any) -> Iterator[Any]:
         yield lambda n: progress.advance(task, n)
 
 
-def _buffers(lines: Iterator[str], size: int) -> Iterator[list[str]]:
-    while buffer := list(itertools.islice(lines, size)):
+def _buffers(lines: Iterator[str | None], size: int) -> Iterator[list[str]]:
+    """Full buffers of ``size`` lines, or what has arrived when the input stalls (None)."""
+    buffer: list[str] = []
+    for line in lines:
+        if line is not None:
+            buffer.append(line)
+        if buffer and (line is None or len(buffer) == size):
+            yield buffer
+            buffer = []
+    if buffer:
         yield buffer
 
 

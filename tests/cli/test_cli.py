@@ -53,6 +53,82 @@ def test_help_lists_every_subcommand_with_a_purpose():
         assert "Usage" in sub.output
 
 
+def real_help(*args: str) -> str:
+    """What a user sees: the installed command's --help on a wide terminal."""
+    result = subprocess.run(
+        [sys.executable, "-m", "s2s_cli", *args, "--help"],
+        capture_output=True,
+        env={**os.environ, "COLUMNS": "200", "TERM": "dumb"},
+        check=True,
+    )
+    return result.stdout.decode()
+
+
+def help_line(text: str, option: str) -> str:
+    (line,) = [line for line in text.splitlines() if line.startswith("│") and f" {option} " in line]
+    return line
+
+
+def test_help_shows_defaults_from_the_config_and_no_type_labels():
+    import dataclasses
+    import re
+    import typing
+
+    from s2s_cli.cli import command
+    from s2s_cli.config import DataConfig, DecodeConfig
+
+    pages = {name: real_help(name) for name in SUBCOMMANDS}
+    pages["s2s"] = real_help()
+    for name, text in pages.items():
+        assert not re.search(r"<(bool|str|int|float|path|file|list\[\w+\])>", text), name
+        assert not re.search(r"\s\.\s", text.replace("  ", " ")), name  # a swallowed "[...]"
+    data = DataConfig()
+    preprocess = pages["preprocess"]
+    assert f"[default: {data.vocab_size} (data.vocab_size)]" in help_line(
+        preprocess, "--vocab-size"
+    )
+    assert f"[default: {data.workers} (data.workers)]" in help_line(preprocess, "--workers")
+    spm_types = typing.get_args(typing.get_type_hints(DataConfig)["spm_type"])
+    assert " " + "|".join(spm_types) + " " in help_line(preprocess, "--spm-type")
+    # Every decode key is a translate option whose default is said to come from the checkpoint.
+    translate_options = {p.name for p in command().commands["translate"].params}
+    decode = DecodeConfig()
+    for field in dataclasses.fields(DecodeConfig):
+        assert field.name in translate_options, field.name
+        option = "--" + field.name.replace("_", "-")
+        value = getattr(decode, field.name)
+        shown = str(value).lower() if value is None or isinstance(value, bool) else str(value)
+        shown = "null" if value is None else shown
+        line = help_line(pages["translate"], option)
+        if field.name == "buffer_size":  # its help wraps onto a second line
+            line = pages["translate"][pages["translate"].index(option) :][:600]
+        assert f"the checkpoint's decode.{field.name}, normally {shown}" in " ".join(
+            line.replace("│", " ").split()
+        ), option
+
+
+def test_bare_s2s_prints_help_and_succeeds():
+    result = subprocess.run(
+        [sys.executable, "-m", "s2s_cli"], capture_output=True, check=False, timeout=60
+    )
+    assert result.returncode == 0 and b"Usage: s2s" in result.stdout
+
+
+def test_translate_flags_override_a_checkpoints_decode_section(trained_checkpoint, tmp_path):
+    """--no-sampling undoes a checkpoint's decode.sampling=true; options map to decode keys."""
+    from s2s_cli.checkpoint import load_checkpoint, save_checkpoint
+
+    sampled = tmp_path / "sampled.pt"
+    checkpoint = load_checkpoint(trained_checkpoint)
+    checkpoint.config.decode.sampling = True
+    checkpoint.config.decode.beam = 1
+    save_checkpoint(checkpoint, sampled)
+    lines = ["one two three", "four five six seven"]
+    searched = s2s("translate", "-c", str(sampled), "--no-sampling", stdin="\n".join(lines) + "\n")
+    expected = Translator.from_checkpoint(trained_checkpoint, device="cpu").translate(lines, beam=1)
+    assert searched.returncode == 0 and searched.stdout.decode().splitlines() == expected
+
+
 def test_version():
     from s2s_cli import __version__
 
@@ -209,6 +285,34 @@ def test_translate_stdin_to_stdout_one_line_per_line(trained_checkpoint):
     assert out[1] == ""
     # the command prints what the Python API translates (not what this model happened to learn)
     assert out[:-1] == Translator.from_checkpoint(trained_checkpoint, device="cpu").translate(lines)
+
+
+def test_translate_answers_a_slow_producers_first_line_before_its_second(trained_checkpoint):
+    """Behind a pipe, what has arrived is translated as soon as the input stalls."""
+    import select
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "s2s_cli", "translate", "-c", str(trained_checkpoint)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    expected = Translator.from_checkpoint(trained_checkpoint, device="cpu").translate(
+        ["one two three", "four five"]
+    )
+    try:
+        proc.stdin.write(b"one two three\n")
+        proc.stdin.flush()
+        # The second line is not written until the first translation is back (or 120 s pass).
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        assert ready, "no translation while the producer stalled"
+        assert proc.stdout.readline().decode().rstrip("\n") == expected[0]
+        proc.stdin.write(b"four five\n")
+        proc.stdin.close()
+        assert proc.stdout.read().decode() == expected[1] + "\n"
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_translate_file_to_file_jsonl_alignment_and_plots(trained_checkpoint, tmp_path):

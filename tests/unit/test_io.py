@@ -152,3 +152,31 @@ def test_a_lock_file_removed_while_waiting_is_not_trusted(tmp_path, monkeypatch)
         fd, _ = locking._held[Path(os.path.abspath(lock_file))]
         assert (os.fstat(fd).st_ino, os.fstat(fd).st_dev) == (held.st_ino, held.st_dev)
     assert swapped
+
+
+def test_a_stalled_pipe_yields_a_marker_and_a_flowing_one_does_not():
+    import threading
+    import time
+
+    from s2s_cli.decoding.streaming import _buffers
+    from s2s_cli.io import iter_lines_or_stalls
+
+    read_end, write_end = os.pipe()
+
+    os.write(write_end, b"a\nb\nc")  # "c" is not a complete line yet
+
+    def producer() -> None:
+        time.sleep(0.5)
+        os.write(write_end, "\nd\xe9\n".encode())
+        os.close(write_end)
+
+    threading.Thread(target=producer).start()
+    with os.fdopen(read_end, "rb") as stream:
+        items = list(iter_lines_or_stalls(stream, "<pipe>", stall_seconds=0.1))
+    assert items == ["a", "b", None, "c", "d\u00e9"]
+    assert list(_buffers(iter(items), 1000)) == [["a", "b"], ["c", "d\u00e9"]]
+    assert list(_buffers(iter(["a", "b", "c", None, None, "d"]), 2)) == [
+        ["a", "b"],
+        ["c"],
+        ["d"],
+    ]
