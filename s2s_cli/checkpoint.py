@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,10 +171,13 @@ def _load_payload(path: Path, map_location: str | torch.device) -> dict[str, Any
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": not for users
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # arbitrary bytes make torch.load fail in arbitrary ways
-        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable s2s checkpoint ({reason})") from None
+        raise CheckpointError(
+            f"{path}: not a readable s2s checkpoint ({_what_file_is(path, err)})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an s2s checkpoint")
     version = payload.get("format_version")
@@ -184,6 +188,46 @@ def _load_payload(path: Path, map_location: str | torch.device) -> dict[str, Any
         )
     _verify_digest(payload, path)
     return payload
+
+
+def _what_file_is(path: Path, err: Exception) -> str:
+    """What a file that torch.load refused looks like (torch's own message is a paragraph)."""
+    import pickle
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as read_error:
+        return f"cannot read it: {read_error.strerror or read_error}"
+    if not head:
+        return "the file is empty"
+    if zipfile.is_zipfile(path):
+        if isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err).lower():
+            return (
+                "a PyTorch file holding Python objects, not plain data: a checkpoint of another "
+                "toolkit, or not made by s2s"
+            )
+        return "a damaged or truncated PyTorch file"
+    if head[:2] == b"\x1f\x8b":
+        return "a gzip file, not a checkpoint"
+    if head[:1] == b"\x80":
+        return "a pickle in an older torch.save format, not an s2s checkpoint"
+    if _looks_like_text(head):
+        return "a text file, not a checkpoint"
+    if head[:4] == b"PK\x03\x04":
+        return "a damaged or truncated PyTorch file"
+    return "unrecognised bytes: not a checkpoint, or a damaged one"
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = head[:-4].decode("utf-8", "replace") if len(head) > 4 else ""
+        if "\ufffd" in text:
+            return False
+    return all(ch.isprintable() or ch in "\n\r\t" for ch in text)
 
 
 def payload_digest(payload: dict[str, Any]) -> str:

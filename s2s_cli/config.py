@@ -156,7 +156,7 @@ class TrainConfig:
     valid_max_sentences: int | None = None  # translate at most this many validation sentences
     patience: int | None = None  # stop after N validations without improvement (null: never)
     save_every: int | None = None  # periodic checkpoint every N updates (null: off)
-    keep_last: int = 3  # periodic checkpoints kept
+    keep_last: int = 5  # periodic checkpoints kept (s2s average --last takes 5)
     log_every: int = 50  # updates between log lines
     tensorboard: bool = False  # write TensorBoard scalars (needs the tensorboard package)
     threads: int | None = None  # torch intra-op threads (null: torch's default)

@@ -121,7 +121,17 @@ def resolve_text_file(prefix: str | Path, suffix: str) -> Path:
     gz = Path(f"{plain}.gz")
     if gz.exists():
         return gz
-    raise DataError(f"{plain}: no such file (nor {gz.name})")
+    raise DataError(f"{plain}: no such file (nor {gz.name}){_prefix_hint(str(prefix))}")
+
+
+def _prefix_hint(prefix: str) -> str:
+    """Most often the user gave a file (``data/train.de``) where a prefix (``data/train``) goes."""
+    stem = prefix[:-3] if prefix.endswith(".gz") else prefix
+    if not Path(prefix).is_file() or "." not in Path(stem).name:
+        return ""
+    return (
+        f"; a PREFIX names the files without their language: did you mean {stem.rsplit('.', 1)[0]}?"
+    )
 
 
 @contextlib.contextmanager

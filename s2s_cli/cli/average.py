@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from s2s_cli.cli._common import user_errors
+from s2s_cli.cli._common import setup_logging, user_errors
+from s2s_cli.config import TrainConfig
 
 
 def average(
@@ -28,13 +29,20 @@ def average(
         ),
     ] = None,
     last: Annotated[
-        int, typer.Option("--last", metavar="N", help="How many, with --save-dir.")
-    ] = 5,
+        int,
+        typer.Option(
+            "--last",
+            metavar="N",
+            help="How many, with --save-dir (a warning if fewer are there); train.keep_last "
+            "keeps as many by default.",
+        ),
+    ] = TrainConfig().keep_last,
 ) -> None:
     """Average the parameters of several checkpoints into a new one; prints its path."""
     from s2s_cli.errors import ConfigError
     from s2s_cli.training.average import average_checkpoints, last_checkpoints
 
+    setup_logging()
     with user_errors():
         paths = list(checkpoints or [])
         if save_dir is not None:

@@ -61,9 +61,10 @@ def translate_stream(options: StreamOptions, console: Any = None) -> int:
         )
     if options.output_file is not None:
         check_writable_dir(options.output_file.parent, "output directory")
+    translator = Translator.from_checkpoint(options.checkpoints, device=options.device)
+    _check_attention(translator, options)
     if options.attention_plot is not None:
         check_writable_dir(options.attention_plot, "attention plot directory")
-    translator = Translator.from_checkpoint(options.checkpoints, device=options.device)
     cfg = _decode_config(translator.config.decode, options)
     keep_attention = options.print_alignment or options.attention_plot is not None
     generator = (
@@ -95,6 +96,24 @@ def _decode_config(base: DecodeConfig, options: StreamOptions) -> DecodeConfig:
     if "buffer_size" not in overrides and options.interactive:
         overrides["buffer_size"] = 1  # a person typing expects each line answered at once
     return build_section(DecodeConfig, {**asdict(base), **overrides}, "decode.")
+
+
+def _check_attention(translator: Translator, options: StreamOptions) -> None:
+    """Alignments and heatmaps come from attention: refuse them for a model that has none,
+    rather than print empty fields and write no plots."""
+    wanted = [
+        flag
+        for flag, asked in (
+            ("--print-alignment", options.print_alignment),
+            ("--attention-plot", options.attention_plot is not None),
+        )
+        if asked
+    ]
+    if wanted and translator.config.model.attention == "none":
+        raise ConfigError(
+            f"{wanted[0]}: {options.checkpoints[0]} has no attention (model.attention: none), "
+            "which alignments and attention plots are made from"
+        )
 
 
 @contextlib.contextmanager
@@ -164,7 +183,9 @@ def _format(result: Translation, index: int, options: StreamOptions) -> str:
                 entry["alignment"] = format_alignment(hyp.alignment or [])
             hypotheses.append(entry)
         return json.dumps(
-            {"id": index, "source": result.source, "hypotheses": hypotheses}, ensure_ascii=False
+            # ids are line numbers (from 1), as in warnings and attention plot file names
+            {"id": index + 1, "source": result.source, "hypotheses": hypotheses},
+            ensure_ascii=False,
         )
     fields = []
     for hyp in result.hypotheses:
@@ -179,5 +200,11 @@ def _plot(directory: Path, index: int, result: Translation) -> None:
     if best.attention is None:
         return
     write_attention_plot(
-        directory, index, best.attention, [*result.source_pieces, "</s>"], [*best.pieces, "</s>"]
+        directory,
+        index,
+        best.attention,
+        [*result.source_pieces, "</s>"],
+        [*best.pieces, "</s>"],
+        score=best.score,
+        piece_scores=best.positional_scores,
     )

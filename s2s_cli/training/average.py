@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from s2s_cli.checkpoint import load_checkpoint, save_checkpoint
 from s2s_cli.errors import CheckpointError, ConfigError
 from s2s_cli.io import remove_stale_temporaries
 
+log = logging.getLogger(__name__)
+
 
 def last_checkpoints(save_dir: Path, count: int) -> list[Path]:
     """The ``count`` most recent periodic checkpoints (``checkpoint_u*.pt``) in ``save_dir``."""
@@ -19,6 +22,16 @@ def last_checkpoints(save_dir: Path, count: int) -> list[Path]:
     if not periodic:
         raise CheckpointError(
             f"{save_dir}: no periodic checkpoints (checkpoint_u*.pt); train with train.save_every=N"
+        )
+    if len(periodic) < count:
+        log.warning(
+            "%s: %d periodic checkpoint%s, not the %d asked for; averaging %d (keep more with "
+            "train.keep_last)",
+            save_dir,
+            len(periodic),
+            "" if len(periodic) == 1 else "s",
+            count,
+            len(periodic),
         )
     return periodic[-count:]
 

@@ -317,7 +317,7 @@ def test_translate_answers_a_slow_producers_first_line_before_its_second(trained
 
 def test_translate_file_to_file_jsonl_alignment_and_plots(trained_checkpoint, tmp_path):
     src = tmp_path / "in.txt"
-    src.write_text("one two\nthree four five\n")
+    src.write_text("one two\nthree four grün five\n")
     out = tmp_path / "out.jsonl"
     s2s(
         "translate",
@@ -336,12 +336,63 @@ def test_translate_file_to_file_jsonl_alignment_and_plots(trained_checkpoint, tm
         str(tmp_path / "plots"),
         check=True,
     )
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["id"] for r in rows] == [0, 1] and rows[1]["source"] == "three four five"
+    raw = out.read_text(encoding="utf-8")
+    assert "grün" in raw and "\\u00fc" not in raw  # UTF-8, not JSON escapes
+    rows = [json.loads(line) for line in raw.splitlines()]
+    # ids are line numbers, like the plot files: row 2 is 000002.svg
+    assert [r["id"] for r in rows] == [1, 2] and rows[1]["source"] == "three four grün five"
     assert len(rows[0]["hypotheses"]) == 2
     assert rows[0]["hypotheses"][0]["score"] >= rows[0]["hypotheses"][1]["score"]
     assert all("-" in pair for pair in rows[0]["hypotheses"][0]["alignment"].split())
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["000001.svg", "000002.svg"]
+    svg = (tmp_path / "plots" / "000002.svg").read_text(encoding="utf-8")
+    best = rows[1]["hypotheses"][0]
+    assert f"sentence 2, score {best['score']:.3f}" in svg
+    assert ">weight</text>" in svg and ">1.0</text>" in svg and ">0.0</text>" in svg  # the scale
+    assert svg.count("rgb(") >= 10 + len(best["pieces"])  # scale steps + at least one row
+
+
+def test_attention_outputs_are_refused_for_a_model_without_attention(trained_checkpoint, tmp_path):
+    import dataclasses
+
+    from s2s_cli.checkpoint import load_checkpoint, save_checkpoint
+    from s2s_cli.models.build import build_model
+
+    checkpoint = load_checkpoint(trained_checkpoint)
+    model_cfg = dataclasses.replace(checkpoint.config.model, attention="none")
+    config = dataclasses.replace(checkpoint.config, model=model_cfg)
+    model = build_model(model_cfg, checkpoint.vocab.src_size, checkpoint.vocab.tgt_size)
+    plain = tmp_path / "plain.pt"
+    save_checkpoint(
+        dataclasses.replace(checkpoint, config=config, model=model.state_dict(), training=None),
+        plain,
+    )
+    assert s2s("translate", "-c", str(plain), stdin="one two\n", check=True).stdout
+    for flag in (["--print-alignment"], ["--attention-plot", str(tmp_path / "plots")]):
+        result = s2s("translate", "-c", str(plain), *flag, stdin="one two\n")
+        assert result.returncode == 2 and result.stdout == b""
+        assert one_line_error(result) == (
+            f"error: {flag[0]}: {plain} has no attention (model.attention: none), which "
+            "alignments and attention plots are made from"
+        )
+    assert not (tmp_path / "plots").exists()
+
+
+def test_average_warns_when_fewer_checkpoints_than_asked_are_there(trained_checkpoint, tmp_path):
+    import shutil
+
+    for update in (10, 20):
+        shutil.copyfile(trained_checkpoint, tmp_path / f"checkpoint_u{update}.pt")
+    result = s2s("average", "--save-dir", str(tmp_path), "-o", str(tmp_path / "avg.pt"))
+    assert result.returncode == 0, result.stderr.decode()
+    assert (
+        f"{tmp_path}: 2 periodic checkpoints, not the 5 asked for; averaging 2 (keep more with "
+        "train.keep_last)"
+    ) in result.stderr.decode()
+    assert json.loads(s2s("info", str(tmp_path / "avg.pt"), "--json").stdout)["averaged_from"] == [
+        str(tmp_path / "checkpoint_u10.pt"),
+        str(tmp_path / "checkpoint_u20.pt"),
+    ]
 
 
 def test_translate_text_alignment_is_tab_separated(trained_checkpoint):

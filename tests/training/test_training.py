@@ -197,6 +197,38 @@ def test_a_checkpoint_without_a_digest_loads_with_one_warning(tmp_path, trained_
     assert load_checkpoint(tmp_path / "resaved.pt").digest is not None
 
 
+@pytest.mark.parametrize(
+    ("kind", "described"),
+    [
+        ("text", "a text file, not a checkpoint"),
+        ("gzip", "a gzip file, not a checkpoint"),
+        ("empty", "the file is empty"),
+        ("objects", "a PyTorch file holding Python objects, not plain data"),
+        ("old pickle", "a pickle in an older torch.save format"),
+    ],
+)
+def test_a_file_that_is_not_a_checkpoint_is_described(tmp_path, kind, described):
+    import argparse
+    import gzip
+    import pickle
+
+    path = tmp_path / "x.pt"
+    if kind == "text":
+        path.write_text("the cat sat on the mat\n")
+    elif kind == "gzip":
+        path.write_bytes(gzip.compress(b"the cat\n"))
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "objects":  # what a fairseq checkpoint holds
+        torch.save({"args": argparse.Namespace(arch="lstm"), "model": {}}, path)
+    else:
+        path.write_bytes(pickle.dumps({"model": {}}))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value).startswith(f"{path}: not a readable s2s checkpoint ({described}")
+    assert "\n" not in str(info.value) and "PyTorch 2.6" not in str(info.value)
+
+
 def test_checkpoint_format_version_mismatch(tmp_path, trained_checkpoint):
     save_checkpoint(load_checkpoint(trained_checkpoint), tmp_path / "x.pt")
     payload = torch.load(tmp_path / "x.pt", weights_only=True)

@@ -17,10 +17,10 @@ from s2s_cli.errors import DataError, StorageError
 
 def run(corpus: Path, dest: Path, *overrides: str, **kwargs) -> Path:
     cfg = load_config(overrides=["data.vocab_size=48", *overrides])
+    kwargs.setdefault("train", corpus / "train")
     return preprocess(
         src_lang="src",
         tgt_lang="tgt",
-        train=corpus / "train",
         valid=corpus / "valid",
         tests=[corpus / "test"],
         dest=dest,
@@ -264,3 +264,12 @@ def test_a_truncated_index_is_named_in_one_line(corpus: Path, tmp_path: Path, ke
     message = str(info.value)
     assert message.startswith(f"{idx}:") and "\n" not in message
     assert "index" in message
+
+
+def test_a_file_given_as_prefix_gets_a_hint(corpus: Path, tmp_path: Path):
+    with pytest.raises(DataError) as info:
+        run(corpus, tmp_path / "d", train=corpus / "train.src")
+    assert str(info.value) == (
+        f"{corpus}/train.src.src: no such file (nor train.src.src.gz); a PREFIX names the files "
+        f"without their language: did you mean {corpus}/train?"
+    )
