@@ -592,6 +592,106 @@ def test_score_gates(texts):
     assert ok.exit_code == 0
 
 
+def test_score_only_width_and_chrf_plus_plus_equal_sacrebleu(texts):
+    from sacrebleu.metrics import BLEU, CHRF
+
+    bleu = BLEU().corpus_score(HYP, [REF]).score
+    chrf_pp = CHRF(word_order=2).corpus_score(HYP, [REF]).score
+    args = ["score", "-r", str(texts / "ref"), "-i", str(texts / "hyp")]
+    only = s2s(*args, "-b", "--metrics", "bleu,chrf++", check=True)
+    assert only.stdout.decode() == f"{bleu:.2f}\n{chrf_pp:.2f}\n"
+    assert s2s(*args, "-b", "-w", "4", check=True).stdout.decode().split()[0] == f"{bleu:.4f}"
+    verbose = s2s(*args, "--metrics", "chrf++", "-w", "1", check=True).stdout.decode()
+    assert verbose.startswith(f"chrF2++ = {chrf_pp:.1f} | nrefs:1|") and "nw:2" in verbose
+
+
+def test_sentence_scores_alone_on_stdout_without_warnings(texts):
+    from sacrebleu import sentence_bleu
+
+    result = s2s("score", "-r", str(texts / "ref"), "-i", str(texts / "hyp"), "--sentence")
+    assert result.returncode == 0
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == "bleu\tchrf" and len(lines) == 1 + len(HYP)  # no corpus lines mixed in
+    for line, hyp, ref in zip(lines[1:], HYP, REF, strict=True):
+        assert float(line.split("\t")[0]) == pytest.approx(
+            sentence_bleu(hyp, [ref]).score, abs=0.01
+        )
+    err = result.stderr.decode()
+    assert (
+        "BLEU = " in err and "effective order" not in err.lower() and "warning" not in err.lower()
+    )
+
+
+def test_paired_tests_find_a_better_system_and_not_an_identical_one(tmp_path):
+    """sacrebleu's paired bootstrap and randomization, with p-values and CIs, baseline first."""
+    import random
+
+    rng = random.Random(3)
+    words = [
+        "the",
+        "a",
+        "cat",
+        "dog",
+        "sat",
+        "ran",
+        "on",
+        "in",
+        "mat",
+        "park",
+        "house",
+        "big",
+        "small",
+        "red",
+    ]
+    refs = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 9))) for _ in range(60)]
+    files = {
+        "ref": refs,
+        "base": [" ".join(r.split()[:-2]) for r in refs],  # drops the last two words
+        # better on ten sentences, worse on ten others: a difference chance explains
+        "close": [
+            " ".join(r.split()[: -1 if i < 10 else -3 if i < 20 else -2])
+            for i, r in enumerate(refs)
+        ],
+        "better": [" ".join(r.split()[:-1]) for r in refs],  # drops one
+    }
+    for name, lines in files.items():
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    systems = [str(tmp_path / name) for name in ("base", "close", "better")]
+    base = ["score", "-r", str(tmp_path / "ref")]
+    for path in systems:
+        base += ["-i", path]
+    for flag, samples in (("--paired-bs", "300"), ("--paired-ar", "300")):
+        result = s2s(*base, flag, "--paired-n", samples, "--format", "json", check=True)
+        document = json.loads(result.stdout)
+        assert document["test"] == flag[-2:] and document["baseline"] == systems[0]
+        assert f"{flag[-2:]}:{samples}" in document["metrics"]["bleu"]["signature"]
+        for metric in ("bleu", "chrf"):
+            rows = document["metrics"][metric]["systems"]
+            assert [r["system"] for r in rows] == systems
+            assert rows[0]["p_value"] is None
+            assert rows[1]["p_value"] > 0.05
+            assert rows[2]["score"] > rows[0]["score"] and rows[2]["p_value"] < 0.01
+            if flag == "--paired-bs":
+                assert all(r["mean"] is not None and r["ci"] > 0 for r in rows)
+    text = s2s(*base, "--paired-bs", "--paired-n", "100", check=True).stdout.decode()
+    assert text.startswith("# paired bootstrap resampling against the baseline")
+    assert "p = " in text and "(mean " in text
+
+
+def test_several_systems_are_scored_and_gated_each(texts):
+    better = texts / "better"
+    better.write_text("\n".join(REF) + "\n")
+    args = ["score", "-r", str(texts / "ref"), "-i", str(texts / "hyp"), "-i", str(better)]
+    only = s2s(*args, "-b", "--metrics", "bleu", check=True).stdout.decode().splitlines()
+    assert only == [
+        f"{texts / 'hyp'}\t{sacrebleu.corpus_bleu(HYP, [REF]).score:.2f}",
+        f"{better}\t100.00",
+    ]
+    gated = s2s(*args, "--min-bleu", "50")
+    assert gated.returncode == 1
+    assert one_line_error(gated).startswith(f"error: {texts / 'hyp'}: BLEU ")
+
+
 @pytest.mark.parametrize("case", ["mismatch", "empty", "unreadable"])
 def test_score_errors(texts, case):
     hyp = texts / "hyp"
