@@ -278,6 +278,18 @@ def translate(
             show_default=False,
         ),
     ] = None,
+    score_reference: Annotated[
+        Path | None,
+        typer.Option(
+            "--score-reference",
+            "-r",
+            metavar="REF",
+            help="Instead of translating, score REF (one reference per source line) with "
+            "teacher forcing: per line its log-probability and piece count (EOS included), and "
+            "the corpus perplexity on stderr.",
+            show_default=False,
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     precision: Annotated[
         str | None,
@@ -314,6 +326,7 @@ def translate(
             device=device,
             decode_overrides={k: v for k, v in overrides.items() if v is not None},
             interactive=input_file is None and sys.stdin.isatty(),
+            reference=score_reference,
             progress=stderr.is_terminal and not (input_file is None and sys.stdin.isatty()),
         )
         translate_stream(options, console=stderr)

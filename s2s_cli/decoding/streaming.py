@@ -6,6 +6,7 @@ Output flows as each buffer finishes, one line per input line, in input order.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import re
@@ -19,9 +20,10 @@ import torch
 
 from s2s_cli.config import DecodeConfig, build_section
 from s2s_cli.decoding.alignment import format_alignment
+from s2s_cli.decoding.forced import ReferenceScore, corpus_perplexity
 from s2s_cli.decoding.plot import write_attention_plot
 from s2s_cli.decoding.translator import Translation, Translator
-from s2s_cli.errors import ConfigError
+from s2s_cli.errors import ConfigError, DataError
 from s2s_cli.io import (
     atomic_path,
     check_writable_dir,
@@ -51,6 +53,7 @@ class StreamOptions:
     decode_overrides: dict[str, Any] = field(default_factory=dict)
     interactive: bool = False
     progress: bool = False
+    reference: Path | None = None  # score this file's lines instead of translating
 
 
 def translate_stream(options: StreamOptions, console: Any = None) -> int:
@@ -66,6 +69,8 @@ def translate_stream(options: StreamOptions, console: Any = None) -> int:
     if options.attention_plot is not None:
         check_writable_dir(options.attention_plot, "attention plot directory")
     cfg = _decode_config(translator.config.decode, options)
+    if options.reference is not None:
+        return _score_reference_stream(translator, cfg, options, console)
     keep_attention = options.print_alignment or options.attention_plot is not None
     generator = (
         torch.Generator(device=translator.device).manual_seed(cfg.seed) if cfg.sampling else None
@@ -89,6 +94,76 @@ def translate_stream(options: StreamOptions, console: Any = None) -> int:
             out.flush()
             advance(len(buffer))
     return count
+
+
+def _score_reference_stream(
+    translator: Translator, cfg: DecodeConfig, options: StreamOptions, console: Any
+) -> int:
+    """``--score-reference``: each reference line's log-probability given its source line."""
+    assert options.reference is not None
+    scores: list[ReferenceScore | None] = []
+    with (
+        _input_lines(options.input_file) as lines,
+        _input_lines(options.reference) as references,
+        _output(options.output_file) as out,
+        _progress(options.progress, console) as advance,
+    ):
+        sources_name = options.input_file or "<stdin>"
+        pending = (line for line in references if line is not None)
+        for buffer in _buffers(lines, cfg.buffer_size):
+            refs = list(itertools.islice(pending, len(buffer)))
+            if len(refs) < len(buffer):
+                raise DataError(
+                    f"{options.reference} has {len(scores) + len(refs)} lines but "
+                    f"{sources_name} has more; sources and references must be line-parallel"
+                )
+            results = translator.score_references(buffer, refs, **asdict(cfg))
+            for source, reference, result in zip(buffer, refs, results, strict=True):
+                if result is None:
+                    log.warning(
+                        "line %d: empty source; its reference is not scored", len(scores) + 1
+                    )
+                out.write(_format_reference(len(scores), source, reference, result, options) + "\n")
+                scores.append(result)
+            out.flush()
+            advance(len(buffer))
+        if next(pending, None) is not None:
+            raise DataError(
+                f"{options.reference} has more lines than {sources_name} ({len(scores)}); "
+                "sources and references must be line-parallel"
+            )
+    total, pieces, perplexity = corpus_perplexity(scores)
+    log.info(
+        "reference log-probability %.4f over %d pieces (EOS included): perplexity %.4f",
+        total,
+        pieces,
+        perplexity,
+    )
+    return len(scores)
+
+
+def _format_reference(
+    index: int,
+    source: str,
+    reference: str,
+    result: ReferenceScore | None,
+    options: StreamOptions,
+) -> str:
+    if options.output_format == "jsonl":
+        return json.dumps(
+            {
+                "id": index + 1,
+                "source": source,
+                "reference": reference,
+                "logprob": None if result is None else result.logprob,
+                "pieces": None if result is None else result.pieces,
+                "positional_scores": None if result is None else result.positional_scores,
+            },
+            ensure_ascii=False,
+        )
+    if result is None:
+        return "\t"
+    return f"{result.logprob:.4f}\t{result.pieces}"
 
 
 def _decode_config(base: DecodeConfig, options: StreamOptions) -> DecodeConfig:

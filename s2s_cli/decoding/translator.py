@@ -20,11 +20,12 @@ from s2s_cli.checkpoint import load_checkpoint, model_from_checkpoint
 from s2s_cli.config import DecodeConfig, ExperimentConfig
 from s2s_cli.data.spm import SPECIAL_PIECES, load_processor
 from s2s_cli.decoding.alignment import hard_alignment, replace_unknowns
+from s2s_cli.decoding.forced import ReferenceScore, score_references
 from s2s_cli.decoding.hypothesis import Hypothesis
 from s2s_cli.decoding.scorer import Ensemble
 from s2s_cli.decoding.search import search_all
 from s2s_cli.device import DTYPES, check_precision, resolve_device
-from s2s_cli.errors import CheckpointError, ConfigError
+from s2s_cli.errors import CheckpointError, ConfigError, DataError
 
 
 @dataclass
@@ -139,6 +140,26 @@ class Translator:
                 hyps = [TranslatedHypothesis("", [], [], 0.0, [])]
             results.append(Translation(line, source_pieces, truncated[i], hyps))
         return results
+
+    def score_references(
+        self, lines: Sequence[str], references: Sequence[str], **overrides: Any
+    ) -> list[ReferenceScore | None]:
+        """Each reference's teacher-forced log-probability given its source line (natural log,
+        EOS included); None for an empty source. Batching and precision come from the decode
+        settings (``batch_size=``, ``precision=``, ... override them)."""
+        if len(lines) != len(references):
+            raise DataError(f"{len(lines)} source lines but {len(references)} references")
+        cfg = self.decode_config(**overrides)
+        pieces, _ = self._encode(lines, cfg.max_source_len)
+        targets = self.tgt_spm.encode([line.strip() for line in references], out_type=int)
+        return score_references(
+            self._scorer(cfg.precision),
+            pieces,
+            targets,
+            self.device,
+            cfg.batch_size,
+            cfg.max_tokens,
+        )
 
     def _scorer(self, precision: str) -> Ensemble:
         """The ensemble with weights in ``precision`` (cast once, then reused).

@@ -395,6 +395,35 @@ def test_average_warns_when_fewer_checkpoints_than_asked_are_there(trained_check
     ]
 
 
+def test_score_reference_prints_log_probabilities_and_perplexity(trained_checkpoint, tmp_path):
+    from s2s_cli.decoding.forced import corpus_perplexity
+
+    sources = ["one two three", "four five", "six"]
+    references = ["THREE TWO ONE", "FIVE FOUR", "SEVEN"]
+    (tmp_path / "src").write_text("\n".join(sources) + "\n")
+    (tmp_path / "ref").write_text("\n".join(references) + "\n")
+    args = ["translate", "-c", str(trained_checkpoint), "-i", str(tmp_path / "src")]
+    result = s2s(*args, "--score-reference", str(tmp_path / "ref"), check=True)
+    expected = Translator.from_checkpoint(trained_checkpoint, device="cpu").score_references(
+        sources, references
+    )
+    rows = [line.split("\t") for line in result.stdout.decode().splitlines()]
+    assert [int(pieces) for _, pieces in rows] == [e.pieces for e in expected]
+    assert [float(lp) for lp, _ in rows] == pytest.approx([e.logprob for e in expected], abs=1e-3)
+    total, pieces, perplexity = corpus_perplexity(expected)
+    assert (
+        f"reference log-probability {total:.4f} over {pieces} pieces (EOS included): "
+        f"perplexity {perplexity:.4f}"
+    ) in result.stderr.decode()
+    (tmp_path / "short").write_text("THREE TWO ONE\n")
+    short = s2s(*args, "--score-reference", str(tmp_path / "short"))
+    assert short.returncode == 1 and result.stdout
+    assert one_line_error(short) == (
+        f"error: {tmp_path / 'short'} has 1 lines but {tmp_path / 'src'} has more; "
+        "sources and references must be line-parallel"
+    )
+
+
 def test_translate_text_alignment_is_tab_separated(trained_checkpoint):
     result = s2s(
         "translate",

@@ -1,5 +1,6 @@
 """Search and Translator behaviour on a really trained tiny model."""
 
+import math
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -165,3 +166,38 @@ def test_bf16_translation_agrees_with_fp32(translator, sentences):
     bf16 = translator.translate(sentences[:20], beam=5, precision="bf16")
     same = sum(a == b for a, b in zip(fp32, bf16))
     assert same >= 17
+
+
+def test_reference_scores_equal_the_teacher_forced_validation_loss(
+    tiny_dataset, trained_checkpoint
+):
+    """--score-reference is consistent with training: the same NLL per piece on the same data,
+    whatever the batching (padding never changes a score)."""
+    import dataclasses
+
+    from s2s_cli.checkpoint import load_checkpoint, model_from_checkpoint
+    from s2s_cli.data.dataset import Dataset
+    from s2s_cli.data.spm import load_processor
+    from s2s_cli.decoding.forced import corpus_perplexity
+    from s2s_cli.io import read_lines
+    from s2s_cli.training.validate import Validator
+
+    dataset = Dataset(tiny_dataset)
+    sources = list(read_lines(dataset.raw_text_path("valid", "src")))
+    references = list(read_lines(dataset.raw_text_path("valid", "tgt")))
+    translator = Translator.from_checkpoint(trained_checkpoint, device="cpu")
+    scores = translator.score_references(sources, references, batch_size=64)
+    one_by_one = translator.score_references(sources, references, batch_size=1)
+    for batched, single in zip(scores, one_by_one, strict=True):
+        assert batched.pieces == single.pieces
+        assert batched.logprob == pytest.approx(single.logprob, abs=1e-4)
+    total, pieces, perplexity = corpus_perplexity(scores)
+    checkpoint = load_checkpoint(trained_checkpoint)
+    cfg = checkpoint.config
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, valid_max_sentences=None))
+    validator = Validator(dataset, cfg, load_processor(checkpoint.spm["tgt"], "tgt"), "cpu")
+    _, nll_per_piece = validator.loss(model_from_checkpoint(checkpoint))
+    assert pieces == int(dataset.split("valid").tgt_sizes.sum()) + len(references)  # + EOS each
+    assert -total / pieces == pytest.approx(nll_per_piece, rel=1e-5)
+    assert perplexity == pytest.approx(math.exp(nll_per_piece), rel=1e-5)
+    assert all(s.logprob == pytest.approx(sum(s.positional_scores)) for s in scores)
