@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from s2s_cli.errors import S2SError
+from s2s_cli.errors import ConfigError, S2SError
 from s2s_cli.io import describe_os_error
 
 stderr = Console(stderr=True, highlight=False)
@@ -34,6 +34,13 @@ ConfigOpt = Annotated[
         show_default=False,
     ),
 ]
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "-q", "--quiet", help="Only warnings and errors on stderr: no progress, no info lines."
+    ),
+]
+VerboseOpt = Annotated[bool, typer.Option("-v", "--verbose", help="Debug detail on stderr.")]
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", show_default=True)
 ]
@@ -157,8 +164,14 @@ class LogFile(logging.FileHandler):
         )
 
 
-def setup_logging(verbose: bool = False, log_file: Path | None = None) -> None:
-    """Log records go to stderr (rich on a terminal) and optionally to a file; never to stdout."""
+def setup_logging(verbose: bool = False, log_file: Path | None = None, quiet: bool = False) -> None:
+    """Log records go to stderr (rich on a terminal) and optionally to a file; never to stdout.
+
+    ``quiet``: only warnings and errors on stderr; ``verbose``: debug detail too. The log file
+    (train.log) always gets at least the info records.
+    """
+    if quiet and verbose:
+        raise ConfigError("-q/--quiet and -v/--verbose: choose one")
     root = logging.getLogger("s2s_cli")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for handler in list(root.handlers):
@@ -171,6 +184,7 @@ def setup_logging(verbose: bool = False, log_file: Path | None = None) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.setLevel(logging.WARNING if quiet else logging.NOTSET)
     root.addHandler(handler)
     if log_file is not None:
         file_handler = LogFile(log_file, encoding="utf-8")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from s2s_cli.cli._common import setup_logging, user_errors
+from s2s_cli.cli._common import QuietOpt, VerboseOpt, setup_logging, user_errors
 from s2s_cli.config import TrainConfig
 
 
@@ -37,13 +37,15 @@ def average(
             "keeps as many by default.",
         ),
     ] = TrainConfig().keep_last,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Average the parameters of several checkpoints into a new one; prints its path."""
     from s2s_cli.errors import ConfigError
     from s2s_cli.training.average import average_checkpoints, last_checkpoints
 
-    setup_logging()
     with user_errors():
+        setup_logging(verbose, quiet=quiet)
         paths = list(checkpoints or [])
         if save_dir is not None:
             paths += last_checkpoints(save_dir, last)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from s2s_cli.cli._common import user_errors
+from s2s_cli.cli._common import QuietOpt, VerboseOpt, setup_logging, user_errors
 
 
 def info(
@@ -16,10 +16,13 @@ def info(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")
     ] = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Describe a dataset directory (counts, length percentiles, vocabulary, unknown rate) or a
     checkpoint (architecture, parameter counts per module, training progress)."""
     with user_errors():
+        setup_logging(verbose, quiet=quiet)  # e.g. the warning for a checkpoint without digest
         if path.is_dir():
             from s2s_cli.data.info import dataset_info
 

@@ -10,8 +10,11 @@ import typer
 from s2s_cli.cli._common import (
     ConfigOpt,
     OverridesArg,
+    QuietOpt,
+    VerboseOpt,
     config_choices,
     config_help,
+    setup_logging,
     stderr,
     user_errors,
 )
@@ -88,6 +91,8 @@ def preprocess(
         bool, typer.Option("--force", help="Replace an existing destination.")
     ] = False,
     config: ConfigOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Turn raw parallel text into a binarized, memory-mapped dataset directory.
 
@@ -109,8 +114,9 @@ def preprocess(
         if v is not None
     }
     with user_errors():
+        setup_logging(verbose, quiet=quiet)
         cfg = load_config(config, overrides, flags={"data": flags})
-        with _ProgressBar() as progress:
+        with _ProgressBar(enabled=not quiet) as progress:
             out = run_preprocess(
                 src_lang=src_lang,
                 tgt_lang=tgt_lang,
@@ -123,14 +129,20 @@ def preprocess(
                 force=force,
                 progress=progress.update,
             )
-        _print_summary(out)
+        if not quiet:
+            _print_summary(out)
     print(out, flush=True)
 
 
 class _ProgressBar:
     """A rich progress bar on stderr, one task per split."""
 
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+
     def __enter__(self) -> _ProgressBar:
+        if not self.enabled:
+            return self
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -152,12 +164,15 @@ class _ProgressBar:
         return self
 
     def update(self, split: str, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
         if split not in self._tasks:
             self._tasks[split] = self._progress.add_task(split, total=total)
         self._progress.update(self._tasks[split], completed=done, total=total)
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.__exit__(*exc)
+        if self.enabled:
+            self._progress.__exit__(*exc)
 
 
 def _print_summary(data_dir: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from s2s_cli.cli._common import error, user_errors
+from s2s_cli.cli._common import QuietOpt, VerboseOpt, error, setup_logging, user_errors
 
 
 def score(
@@ -118,6 +118,8 @@ def score(
     lowercase: Annotated[
         bool, typer.Option("--lowercase", "-lc", help="Case-insensitive scores (sacrebleu -lc).")
     ] = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Score hypotheses against references with sacrebleu (signature always printed).
 
@@ -136,6 +138,7 @@ def score(
     )
 
     with user_errors():
+        setup_logging(verbose, quiet=quiet)
         if output_format not in ("text", "json"):
             raise ConfigError(f"--format: '{output_format}' is not one of: text, json")
         names = parse_metrics(metrics)
@@ -169,7 +172,7 @@ def score(
     if paired is not None:
         _print_paired(test, paired, output_format, width)
     else:
-        _print(results, rows, output_format, score_only, width)
+        _print(results, rows, output_format, score_only, width, quiet)
     _apply_gates(results, min_bleu, min_chrf)
 
 
@@ -200,7 +203,12 @@ def _apply_gates(results: dict, min_bleu: float | None, min_chrf: float | None) 
 
 
 def _print(
-    results: dict, rows: list | None, output_format: str, score_only: bool, width: int
+    results: dict,
+    rows: list | None,
+    output_format: str,
+    score_only: bool,
+    width: int,
+    quiet: bool = False,
 ) -> None:
     single = len(results) == 1
     if output_format == "json":
@@ -220,6 +228,8 @@ def _print(
         for row in rows:
             print("\t".join(f"{row[n]:.{width}f}" for n in names))
         corpus_out = sys.stderr
+        if quiet:
+            return
     for system, scores in results.items():
         if score_only:
             numbers = [f"{r.score:.{width}f}" for r in scores.values()]

@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from s2s_cli.cli._common import DeviceOpt, setup_logging, stderr, user_errors
+from s2s_cli.cli._common import (
+    DeviceOpt,
+    QuietOpt,
+    VerboseOpt,
+    setup_logging,
+    stderr,
+    user_errors,
+)
 from s2s_cli.errors import ConfigError
 
 
@@ -53,6 +60,8 @@ def train(
         ),
     ] = False,
     device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Train an RNN encoder-decoder; prints the best checkpoint's path on stdout.
 
@@ -62,6 +71,8 @@ def train(
     from s2s_cli.config import load_config
 
     with user_errors():
+        if quiet and verbose:
+            setup_logging(verbose, quiet=quiet)  # refuses the pair
         config_path, overrides = _split_args(args or [])
         data_dir = data if data is not None else _data_dir_from_stdin(required=not dry_run)
         base = _dataset_defaults(data_dir) if data_dir is not None else None
@@ -70,7 +81,7 @@ def train(
             _dry_run(cfg, data_dir)
             return
         assert data_dir is not None
-        best = _run(cfg, data_dir, save_dir, device, resume)
+        best = _run(cfg, data_dir, save_dir, device, resume, quiet, verbose)
     if best is not None:
         print(best, flush=True)
 
@@ -134,7 +145,9 @@ def _dry_run(cfg, data_dir: Path | None) -> None:
     print(f"# decoder training path: {fast}")
 
 
-def _run(cfg, data_dir: Path, save_dir: Path, device: str, resume: bool) -> Path | None:
+def _run(
+    cfg, data_dir: Path, save_dir: Path, device: str, resume: bool, quiet: bool, verbose: bool
+) -> Path | None:
     import contextlib
     import logging
 
@@ -151,7 +164,7 @@ def _run(cfg, data_dir: Path, save_dir: Path, device: str, resume: bool) -> Path
             check_writable_dir(save_dir, "save directory")
             # Before train.log opens: a refused second run must not touch the first one's files.
             lock.enter_context(save_dir_lock(save_dir))
-            setup_logging(log_file=save_dir / "train.log")
+            setup_logging(verbose, log_file=save_dir / "train.log", quiet=quiet)
         else:
             setup_logging()
             logging.getLogger("s2s_cli").setLevel(logging.WARNING)
@@ -162,7 +175,7 @@ def _run(cfg, data_dir: Path, save_dir: Path, device: str, resume: bool) -> Path
                 save_dir,
                 device=device,
                 resume=resume,
-                progress=main_rank and stderr.is_terminal,
+                progress=main_rank and stderr.is_terminal and not quiet,
                 console=stderr,
             )
         except BaseException:

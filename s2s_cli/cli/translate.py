@@ -12,6 +12,8 @@ import typer
 
 from s2s_cli.cli._common import (
     DeviceOpt,
+    QuietOpt,
+    VerboseOpt,
     config_choices,
     config_help,
     setup_logging,
@@ -302,6 +304,8 @@ def translate(
             show_default=False,
         ),
     ] = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Translate raw text: one detokenized line out per line in, in order (stdin -> stdout).
 
@@ -312,10 +316,10 @@ def translate(
 
     if output_file is None:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends us quietly, like any filter
-    setup_logging()
     given = locals()
     overrides = {f.name: given[f.name] for f in dataclasses.fields(DecodeConfig)}  # every key
     with user_errors():
+        setup_logging(verbose, quiet=quiet)
         options = StreamOptions(
             checkpoints=checkpoint,
             input_file=input_file,
@@ -327,6 +331,8 @@ def translate(
             decode_overrides={k: v for k, v in overrides.items() if v is not None},
             interactive=input_file is None and sys.stdin.isatty(),
             reference=score_reference,
-            progress=stderr.is_terminal and not (input_file is None and sys.stdin.isatty()),
+            progress=stderr.is_terminal
+            and not quiet
+            and not (input_file is None and sys.stdin.isatty()),
         )
         translate_stream(options, console=stderr)

@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -76,10 +77,12 @@ def translate_stream(options: StreamOptions, console: Any = None) -> int:
         torch.Generator(device=translator.device).manual_seed(cfg.seed) if cfg.sampling else None
     )
     count = 0
+    started = time.perf_counter()
+    total = _count_lines(options.input_file) if options.progress else None
     with (
         _input_lines(options.input_file) as lines,
         _output(options.output_file) as out,
-        _progress(options.progress, console) as advance,
+        _progress(options.progress, console, total) as advance,
     ):
         for buffer in _buffers(lines, cfg.buffer_size):
             results = translator.translate_hypotheses(
@@ -93,7 +96,23 @@ def translate_stream(options: StreamOptions, console: Any = None) -> int:
                 count += 1
             out.flush()
             advance(len(buffer))
+    seconds = time.perf_counter() - started
+    log.info(
+        "translated %d sentence%s in %.1f s (%.1f sentences/s)",
+        count,
+        "" if count == 1 else "s",
+        seconds,
+        count / max(seconds, 1e-9),
+    )
     return count
+
+
+def _count_lines(path: Path | None) -> int | None:
+    """Lines in a regular input file, for a progress bar with a total (None for a stream)."""
+    if path is None or not path.is_file():
+        return None
+    with open_binary(path) as stream:
+        return sum(block.count(b"\n") for block in iter(lambda: stream.read(1 << 20), b""))
 
 
 def _score_reference_stream(
@@ -214,21 +233,44 @@ def _output(path: Path | None) -> Iterator[IO[str]]:
 
 
 @contextlib.contextmanager
-def _progress(enabled: bool, console: Any) -> Iterator[Any]:
+def _progress(enabled: bool, console: Any, total: int | None = None) -> Iterator[Any]:
+    """A progress bar on a terminal: with the input file's line count, its share, rate and ETA."""
     if not enabled:
         yield lambda n: None
         return
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.completed} lines"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("translate", total=None)
+    columns: list[Any] = [SpinnerColumn()]
+    if total is not None:
+        columns += [BarColumn(), MofNCompleteColumn(), TextColumn("sentences")]
+    else:
+        columns += [TextColumn("{task.completed} sentences")]
+    columns += [_rate_column(), TimeElapsedColumn()]
+    if total is not None:
+        columns += [TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("translate", total=total)
         yield lambda n: progress.advance(task, n)
+
+
+def _rate_column() -> Any:
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.0f} sentences/s" if speed else "")
+
+    return RateColumn()
 
 
 def _buffers(lines: Iterator[str | None], size: int) -> Iterator[list[str]]:

@@ -246,6 +246,8 @@ class TrainingRun:
 
     def fit(self) -> Path:
         self._install_signal_handlers()
+        if self.context.is_main:
+            self._log_banner()
         budget = self.cfg.train.max_minutes
         self.reporter.start(
             self.progress.updates, 60 * budget - self.progress.train_seconds if budget else None
@@ -257,9 +259,9 @@ class TrainingRun:
             while not self._finished():
                 epoch_done = self._run_epoch()
                 if epoch_done:
-                    self.progress.epoch, self.progress.position = self.progress.epoch + 1, 0
                     if self.cfg.train.validate_every is None:
-                        self._validate(scheduled=True)
+                        self._validate(scheduled=True)  # labelled with the epoch it ends
+                    self.progress.epoch, self.progress.position = self.progress.epoch + 1, 0
                     self._save()
                 if self.stop_signal is not None:
                     break
@@ -275,12 +277,64 @@ class TrainingRun:
                 f"{self.files.last} (run the same command again to resume)",
                 130 if self.stop_signal == signal.SIGINT else 143,
             )
-        log.info(
-            "training stopped after %d updates: %s",
-            self.progress.updates,
-            self._limit_reached(self.progress.train_seconds) or "stopping rule met",
+        result = self.files.result()
+        reason = self._limit_reached(self.progress.train_seconds) or "stopping rule met"
+        best = self.best
+        scored = (
+            f"best {best.metric} {best.value:.2f} at update {best.update}"
+            if best.value is not None
+            else "no validation score (no valid split)"
         )
-        return self.files.result()
+        log.info(
+            "done after %d updates (%s); %s; %s checkpoint: %s",
+            self.progress.updates,
+            reason,
+            scored,
+            "best" if result == self.files.best else "last",
+            result,
+        )
+        return result
+
+    def _log_banner(self) -> None:
+        """What this run is, before the first log line (which may be minutes away)."""
+        from s2s_cli.models.build import parameter_counts
+
+        cfg, dataset, split = self.cfg, self.dataset, self.train_split
+        src_vocab, tgt_vocab = dataset.vocab_sizes
+        splits = ", ".join(
+            f"{name} {len(dataset.split(name)):,}" for name in dataset.splits if name != "train"
+        )
+        log.info(
+            "data %s: %s-%s, train %s pairs (%s target pieces)%s; vocabulary %s/%s",
+            dataset.dir,
+            dataset.src_lang,
+            dataset.tgt_lang,
+            f"{len(split):,}",
+            f"{int(split.tgt_sizes.sum()):,}",
+            f", {splits}" if splits else "",
+            src_vocab,
+            tgt_vocab,
+        )
+        counts = parameter_counts(self.model)
+        total = counts.pop("total")
+        log.info(
+            "model: %s parameters (%s)",
+            f"{total:,}",
+            ", ".join(f"{name} {count:,}" for name, count in counts.items()),
+        )
+        per_epoch = self.shard.updates_in(self._epoch_batches(self.progress.epoch))
+        log.info(
+            "device %s, precision %s, %d threads, %s; %d updates per epoch "
+            "(train.max_tokens %d, update_freq %d); config %s",
+            self.device,
+            cfg.train.precision,
+            torch.get_num_threads(),
+            "1 process" if self.context.world_size == 1 else f"{self.context.world_size} processes",
+            per_epoch,
+            cfg.train.max_tokens,
+            cfg.train.update_freq,
+            self.save_dir / "config.yaml",
+        )
 
     def _run_epoch(self) -> bool:
         """Updates until the epoch ends (True) or a stop condition holds (False)."""

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -270,6 +271,70 @@ def test_sigint_saves_a_checkpoint_and_the_run_resumes(tiny_dataset, tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
     assert b"resuming" in resumed.stderr
+
+
+def test_a_run_you_can_follow_banner_epoch_labels_end_line_and_quiet(tiny_dataset, tmp_path):
+    from s2s_cli import Dataset, load_config
+    from s2s_cli.models.build import build_model, parameter_counts
+
+    run = tmp_path / "run"
+    args = ["train", "--data", str(tiny_dataset), "--save-dir", str(run), *TINY_MODEL]
+    result = s2s(*args, "train.max_epochs=2", "train.log_every=10", check=True)
+    err = result.stderr.decode()
+    dataset = Dataset(tiny_dataset)
+    train_pairs = len(dataset.split("train"))
+    assert f"train {train_pairs:,} pairs" in err and "valid 60" in err
+    model = build_model(load_config(overrides=TINY_MODEL).model, *dataset.vocab_sizes)
+    assert f"model: {parameter_counts(model)['total']:,} parameters (encoder" in err
+    assert "device cpu, precision fp32" in err and f"config {run / 'config.yaml'}" in err
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in records if r["kind"] == "valid"]
+    per_epoch = valid[0]["update"]
+    assert [(r["epoch"], r["update"]) for r in valid] == [(1, per_epoch), (2, 2 * per_epoch)]
+    assert f"{per_epoch} updates per epoch" in err
+    best = max(valid, key=lambda r: r["bleu"])
+    last_line = err.strip().splitlines()[-1]
+    assert last_line.endswith(
+        f"done after {2 * per_epoch} updates (train.max_epochs=2 done); best bleu "
+        f"{best['bleu']:.2f} at update {best['update']}; best checkpoint: {run / 'checkpoint_best.pt'}"
+    )
+    quiet = s2s(*args, "train.max_epochs=3", "-q", check=True)  # resumes for one more epoch
+    assert b"INFO" not in quiet.stderr and quiet.stdout.decode().strip()
+    assert "done after" in (run / "train.log").read_text().splitlines()[-1]  # the log keeps all
+    both = s2s(*args, "-q", "-v")
+    assert both.returncode == 2
+    assert one_line_error(both) == "error: -q/--quiet and -v/--verbose: choose one"
+
+
+def test_translate_progress_has_a_total_and_a_rate_and_ends_with_a_summary(
+    trained_checkpoint, tmp_path
+):
+    import io
+
+    from rich.console import Console
+
+    from s2s_cli.decoding.streaming import StreamOptions, translate_stream
+
+    src = tmp_path / "in.txt"
+    src.write_text("one two\nthree four\nfive\n")
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=150)
+    options = StreamOptions(
+        checkpoints=[trained_checkpoint],
+        input_file=src,
+        output_file=tmp_path / "out.txt",
+        progress=True,
+        device="cpu",
+    )
+    assert translate_stream(options, console=console) == 3
+    shown = screen.getvalue()
+    assert "3/3" in shown and "ETA" in shown  # (the rate shows once rich has two samples)
+    result = s2s("translate", "-c", str(trained_checkpoint), "-i", str(src), check=True)
+    assert re.search(
+        r"translated 3 sentences in [\d.]+ s \([\d.]+ sentences/s\)", result.stderr.decode()
+    )
+    quiet = s2s("translate", "-c", str(trained_checkpoint), "-i", str(src), "-q", check=True)
+    assert quiet.stderr == b"" and quiet.stdout == result.stdout
 
 
 # -- translate --------------------------------------------------------------------------------
