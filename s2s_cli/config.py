@@ -30,8 +30,9 @@ ATTENTIONS: tuple[str, ...] = typing.get_args(AttentionName)
 
 @dataclass
 class DataConfig:
-    """How raw text becomes a binarized dataset (``s2s preprocess``)."""
+    """How raw text becomes a binarized dataset (``s2s preprocess``), and where it is."""
 
+    path: str | None = None  # dataset directory s2s train reads (--data and stdin win)
     vocab_size: int = 8000  # SentencePiece vocabulary size (per model)
     spm_type: Literal["bpe", "unigram", "char", "word"] = "bpe"  # SentencePiece model type
     joint: bool = True  # one SentencePiece model shared by source and target
@@ -155,6 +156,7 @@ class TrainConfig:
     valid_beam: int = 1  # beam size for validation translations (1 = greedy)
     valid_max_sentences: int | None = None  # translate at most this many validation sentences
     patience: int | None = None  # stop after N validations without improvement (null: never)
+    save_dir: str | None = None  # where s2s train writes (--save-dir wins; default checkpoints)
     save_every: int | None = None  # periodic checkpoint every N updates (null: off)
     keep_last: int = 5  # periodic checkpoints kept (s2s average --last takes 5)
     log_every: int = 50  # updates between log lines

@@ -33,18 +33,21 @@ def train(
         typer.Option(
             "--data",
             metavar="DIR",
-            help="Dataset directory from `s2s preprocess` (default: one path read on stdin).",
+            help="Dataset directory from `s2s preprocess`. Default: the config's data.path, "
+            "else one path read on stdin.",
             show_default=False,
         ),
     ] = None,
     save_dir: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--save-dir",
             metavar="DIR",
-            help="Where checkpoints, config.yaml, train.log and metrics.jsonl go.",
+            help="Where checkpoints, config.yaml, train.log and metrics.jsonl go. Default: the "
+            "config's train.save_dir, else checkpoints.",
+            show_default=False,
         ),
-    ] = Path("checkpoints"),
+    ] = None,
     resume: Annotated[
         bool,
         typer.Option(
@@ -74,13 +77,16 @@ def train(
         if quiet and verbose:
             setup_logging(verbose, quiet=quiet)  # refuses the pair
         config_path, overrides = _split_args(args or [])
-        data_dir = data if data is not None else _data_dir_from_stdin(required=not dry_run)
+        named = load_config(config_path, overrides)  # may name data.path and train.save_dir
+        data_dir = _data_dir(data, named.data.path, required=not dry_run)
         base = _dataset_defaults(data_dir) if data_dir is not None else None
         cfg = load_config(config_path, overrides, flags=base)
         if dry_run:
             _dry_run(cfg, data_dir)
             return
         assert data_dir is not None
+        save_dir = save_dir or Path(cfg.train.save_dir or "checkpoints")
+        cfg.train.save_dir = str(save_dir)
         best = _run(cfg, data_dir, save_dir, device, resume, quiet, verbose)
     if best is not None:
         print(best, flush=True)
@@ -99,11 +105,22 @@ def _split_args(args: list[str]) -> tuple[Path | None, list[str]]:
     return None, args
 
 
+def _data_dir(flag: Path | None, configured: str | None, required: bool) -> Path | None:
+    """--data, else the config's data.path, else a path piped in (stdin is read only then, so
+    a run whose config names its data never waits on a stdin that stays open)."""
+    if flag is not None:
+        return flag
+    if configured:
+        return Path(configured)
+    return _data_dir_from_stdin(required)
+
+
 def _data_dir_from_stdin(required: bool) -> Path | None:
     if sys.stdin is None or sys.stdin.isatty():
         if required:
             raise ConfigError(
-                "no dataset: give --data DIR or pipe one in (s2s preprocess ... | s2s train)"
+                "no dataset: give --data DIR, data.path in the config, or pipe one in "
+                "(s2s preprocess ... | s2s train)"
             )
         return None
     line = sys.stdin.readline().strip()
@@ -121,6 +138,7 @@ def _dataset_defaults(data_dir: Path) -> dict:
     manifest = read_manifest(data_dir)
     data = dict(manifest.get("config", {}).get("data", {}))
     data["joint"] = bool(manifest["joint"])
+    data["path"] = str(data_dir)  # so the saved config.yaml alone re-runs (and resumes) the run
     return {"data": data}
 
 

@@ -109,7 +109,8 @@ def preprocess(
             # mkdtemp makes the directory private; a dataset is an ordinary directory
             tmp.chmod(0o777 & ~current_umask())
             manifest = _build(tmp, splits, src_lang, tgt_lang, cfg, spm_models, progress)
-            manifest["config"] = {"data": {**config.data.__dict__}}
+            made_with = {k: v for k, v in config.data.__dict__.items() if k != "path"}
+            manifest["config"] = {"data": made_with}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
             (tmp / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
             _move_into_place(tmp, dest)

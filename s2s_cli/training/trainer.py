@@ -71,6 +71,7 @@ RESUMABLE = {
     "train.valid_max_sentences",
     "train.valid_beam",
     "train.max_nonfinite_updates",
+    "train.save_dir",
 }
 
 
@@ -543,6 +544,7 @@ def _describing_dataset(cfg: ExperimentConfig, dataset: Dataset) -> ExperimentCo
     really trained, whichever way ``cfg`` was built (the CLI does the same from the manifest)."""
     made_with = dict(dataset.manifest.get("config", {}).get("data", {}))
     made_with["joint"] = dataset.joint
+    made_with.pop("path", None)  # where the dataset is now is this run's, not its making's
     data = build_section(DataConfig, {**dataclasses.asdict(cfg.data), **made_with}, "data.")
     return dataclasses.replace(cfg, data=data)
 

@@ -226,6 +226,44 @@ def test_preprocess_pipes_into_train_and_train_prints_the_checkpoint(tmp_path):
     assert "update" in result.stderr.decode()  # logs go to stderr
 
 
+def test_one_yaml_file_describes_an_experiment(tiny_dataset, tmp_path):
+    """data.path and train.save_dir in the YAML: `s2s train exp.yaml` alone runs; the flags
+    win; the saved config.yaml alone resumes the run; stdin is never waited on."""
+    import yaml
+
+    spec = {
+        "data": {"path": str(tiny_dataset)},
+        "model": {
+            k.split(".", 1)[1]: v
+            for k, v in (o.split("=") for o in TINY_MODEL)
+            if k.startswith("model.")
+        },
+        "train": {"save_dir": str(tmp_path / "run"), "max_updates": 6, "max_tokens": 1024},
+    }
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump(spec))
+    # stdin is a pipe that never closes: a run that read it would hang until the timeout
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "s2s_cli", "train", str(exp), "-q"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert out.decode().strip() == str(tmp_path / "run" / "checkpoint_best.pt")
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["data"]["path"] == str(tiny_dataset)
+    assert saved["train"]["save_dir"] == str(tmp_path / "run")
+    resumed = s2s("train", str(tmp_path / "run" / "config.yaml"), "train.max_updates=8", check=True)
+    assert b"resuming" in resumed.stderr and b"done after 8 updates" in resumed.stderr
+    elsewhere = tmp_path / "elsewhere"
+    flagged = s2s("train", str(exp), "--save-dir", str(elsewhere), "-q", check=True)
+    assert flagged.stdout.decode().strip() == str(elsewhere / "checkpoint_best.pt")
+    missing = s2s("train", str(exp), "--data", str(tmp_path / "nowhere"))
+    assert missing.returncode == 1 and str(tmp_path / "nowhere") in one_line_error(missing)
+
+
 def test_dry_run_prints_config_and_parameter_count(tiny_dataset):
     result = s2s(
         "train", "--data", str(tiny_dataset), "--dry-run", "model.preset=luong", check=True
