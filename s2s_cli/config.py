@@ -158,6 +158,7 @@ class TrainConfig:
     patience: int | None = None  # stop after N validations without improvement (null: never)
     save_dir: str | None = None  # where s2s train writes (--save-dir wins; default checkpoints)
     save_every: int | None = None  # periodic checkpoint every N updates (null: off)
+    best_with_state: bool = False  # checkpoint_best.pt keeps optimizer/RNG state (to resume)
     keep_last: int = 5  # periodic checkpoints kept (s2s average --last takes 5)
     log_every: int = 50  # updates between log lines
     tensorboard: bool = False  # write TensorBoard scalars (needs the tensorboard package)

@@ -133,11 +133,10 @@ def _data_dir_from_stdin(required: bool) -> Path | None:
 
 def _dataset_defaults(data_dir: Path) -> dict:
     """The dataset's own data settings, so the saved config describes the data really used."""
-    from s2s_cli.data.dataset import read_manifest
+    from s2s_cli.data.dataset import made_with, read_manifest
 
     manifest = read_manifest(data_dir)
-    data = dict(manifest.get("config", {}).get("data", {}))
-    data["joint"] = bool(manifest["joint"])
+    data = made_with(manifest)
     data["path"] = str(data_dir)  # so the saved config.yaml alone re-runs (and resumes) the run
     return {"data": data}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,19 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
             f"(expects {FORMAT_VERSION}); re-run `s2s preprocess`"
         )
     return manifest
+
+
+def made_with(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The data settings a dataset was made with, as ``data.*`` config values: keys this version
+    knows (an older s2s recorded others, e.g. the languages), without ``path`` (where a dataset
+    is now is a run's business, not its making's)."""
+    from s2s_cli.config import DataConfig
+
+    known = {f.name for f in dataclasses.fields(DataConfig)} - {"path"}
+    recorded = manifest.get("config", {}).get("data", {})
+    values = {k: v for k, v in recorded.items() if k in known}
+    values["joint"] = bool(manifest["joint"])
+    return values
 
 
 @dataclass

@@ -1,8 +1,14 @@
 """The files of a run's save directory: ``checkpoint_last.pt``, ``checkpoint_best.pt`` and the
-periodic ``checkpoint_u<N>.pt``, each written atomically."""
+periodic ``checkpoint_u<N>.pt``, each written atomically.
+
+``checkpoint_last.pt`` and the periodic ones hold everything a resume needs; ``checkpoint_best.pt``
+holds what translating and averaging need (config, vocabularies, weights, progress), without the
+optimizer and RNG state that make up about two thirds of a full checkpoint, unless
+``train.best_with_state`` asks for them."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from s2s_cli.checkpoint import Checkpoint, link_or_copy, remove_quietly, save_checkpoint
@@ -16,10 +22,13 @@ SAVE_DIR_FILES = r"checkpoint_(?:last|best|u\d+)\.pt|config\.yaml|metrics\.jsonl
 class SaveDirectory:
     """Where a run keeps its checkpoints; only rank 0 writes."""
 
-    def __init__(self, path: Path, save_every: int | None, keep_last: int) -> None:
+    def __init__(
+        self, path: Path, save_every: int | None, keep_last: int, best_with_state: bool = False
+    ) -> None:
         self.path = path
         self.save_every = save_every
         self.keep_last = keep_last
+        self.best_with_state = best_with_state
 
     @property
     def last(self) -> Path:
@@ -30,10 +39,13 @@ class SaveDirectory:
         return self.path / BEST
 
     def write(self, checkpoint: Checkpoint, new_best: bool) -> None:
-        """``checkpoint_last.pt`` always; the best and periodic names are links to it."""
+        """``checkpoint_last.pt`` always; periodic names are links to it; the best is its own
+        smaller file (or a link too, with ``best_with_state``)."""
         save_checkpoint(checkpoint, self.last)
-        if new_best:
+        if new_best and self.best_with_state:
             link_or_copy(self.last, self.best)
+        elif new_best:
+            save_checkpoint(dataclasses.replace(checkpoint, training=None), self.best)
         updates = checkpoint.progress.updates
         if self.save_every and updates and updates % self.save_every == 0:
             link_or_copy(self.last, self.path / f"checkpoint_u{updates}.pt")

@@ -32,7 +32,7 @@ from s2s_cli.checkpoint import (
 )
 from s2s_cli.config import DataConfig, ExperimentConfig, build_section, to_dict, write_config
 from s2s_cli.data.batching import Shard, make_batches
-from s2s_cli.data.dataset import Dataset
+from s2s_cli.data.dataset import Dataset, made_with
 from s2s_cli.data.loader import Batch, collate, prefetch
 from s2s_cli.data.spm import load_processor
 from s2s_cli.device import check_precision, resolve_device
@@ -72,6 +72,7 @@ RESUMABLE = {
     "train.valid_beam",
     "train.max_nonfinite_updates",
     "train.save_dir",
+    "train.best_with_state",
 }
 
 
@@ -134,7 +135,9 @@ class TrainingRun:
         self.dataset = Dataset(data_dir)
         self.cfg = cfg = _describing_dataset(cfg, self.dataset)
         self.save_dir = save_dir
-        self.files = SaveDirectory(save_dir, cfg.train.save_every, cfg.train.keep_last)
+        self.files = SaveDirectory(
+            save_dir, cfg.train.save_every, cfg.train.keep_last, cfg.train.best_with_state
+        )
         self.divergence = DivergenceWatch(cfg.train.max_nonfinite_updates, self.files.last)
         self.train_split = self.dataset.split("train")
         saved = self._existing_checkpoint(resume)
@@ -281,16 +284,14 @@ class TrainingRun:
         result = self.files.result()
         reason = self._limit_reached(self.progress.train_seconds) or "stopping rule met"
         best = self.best
-        scored = (
-            f"best {best.metric} {best.value:.2f} at update {best.update}"
-            if best.value is not None
-            else "no validation score (no valid split)"
-        )
+        if best.value is None:
+            reason += "; no validation score (no valid split)"
+        elif "; best " not in reason:  # (patience already names it)
+            reason += f"; best {best.metric} {best.value:.2f} at update {best.update}"
         log.info(
-            "done after %d updates (%s); %s; %s checkpoint: %s",
+            "done after %d updates: %s; %s checkpoint: %s",
             self.progress.updates,
             reason,
-            scored,
             "best" if result == self.files.best else "last",
             result,
         )
@@ -542,10 +543,9 @@ class TrainingRun:
 def _describing_dataset(cfg: ExperimentConfig, dataset: Dataset) -> ExperimentConfig:
     """``cfg`` with the data section the dataset was made with, so the saved config says what
     really trained, whichever way ``cfg`` was built (the CLI does the same from the manifest)."""
-    made_with = dict(dataset.manifest.get("config", {}).get("data", {}))
-    made_with["joint"] = dataset.joint
-    made_with.pop("path", None)  # where the dataset is now is this run's, not its making's
-    data = build_section(DataConfig, {**dataclasses.asdict(cfg.data), **made_with}, "data.")
+    data = build_section(
+        DataConfig, {**dataclasses.asdict(cfg.data), **made_with(dataset.manifest)}, "data."
+    )
     return dataclasses.replace(cfg, data=data)
 
 

@@ -333,7 +333,7 @@ def test_a_run_you_can_follow_banner_epoch_labels_end_line_and_quiet(tiny_datase
     best = max(valid, key=lambda r: r["bleu"])
     last_line = err.strip().splitlines()[-1]
     assert last_line.endswith(
-        f"done after {2 * per_epoch} updates (train.max_epochs=2 done); best bleu "
+        f"done after {2 * per_epoch} updates: train.max_epochs=2 done; best bleu "
         f"{best['bleu']:.2f} at update {best['update']}; best checkpoint: {run / 'checkpoint_best.pt'}"
     )
     quiet = s2s(*args, "train.max_epochs=3", "-q", check=True)  # resumes for one more epoch

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from s2s_cli import Dataset, load_config, train
+from s2s_cli import Dataset, Translator, load_config, train
 from s2s_cli.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from s2s_cli.data.loader import collate
 from s2s_cli.errors import CheckpointError, ConfigError, DataError, StorageError
@@ -79,9 +79,45 @@ def test_corrupt_checkpoint_on_resume_is_an_error_and_is_kept(tiny_dataset, tmp_
     assert last.read_bytes() == b"not a checkpoint"
 
 
+@pytest.mark.parametrize("with_state", [False, True])
+def test_the_best_checkpoint_is_sized_for_translation_unless_asked(
+    tiny_dataset, tmp_path, with_state
+):
+    best = run(
+        tiny_dataset,
+        tmp_path,
+        "train.max_updates=3",
+        "train.validate_every=3",
+        f"train.best_with_state={str(with_state).lower()}",
+    )
+    last = load_checkpoint(tmp_path / "checkpoint_last.pt")
+    kept = load_checkpoint(best)
+    assert kept.best == last.best and kept.best.update == 3  # the best is the last update here
+    assert all(torch.equal(kept.model[k], v) for k, v in last.model.items())
+    assert kept.config == last.config and kept.spm == last.spm
+    assert kept.progress.updates == last.progress.updates
+    assert last.training is not None
+    if with_state:
+        assert kept.training is not None  # resumable from the best too
+    else:
+        assert kept.training is None
+        moments = sum(
+            t.numel() * t.element_size()
+            for state in last.training.optimizer["state"].values()
+            for t in state.values()
+            if isinstance(t, torch.Tensor)
+        )
+        assert moments >= 2 * sum(v.numel() * v.element_size() for v in last.model.values())
+        saved = (tmp_path / "checkpoint_last.pt").stat().st_size - best.stat().st_size
+        assert saved >= moments  # the Adam moments (and RNG state) are left out
+        translated = Translator.from_checkpoint(best, device="cpu").translate(["one two"])
+        full = Translator.from_checkpoint(tmp_path / "checkpoint_last.pt", device="cpu")
+        assert translated == full.translate(["one two"])
+
+
 def test_checkpoint_is_plain_data_and_reloads_identically(tiny_dataset, tmp_path):
     best = run(tiny_dataset, tmp_path, "train.max_updates=3")
-    payload = torch.load(best, weights_only=True)
+    payload = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)
     for key in (
         "config",
         "spm",
@@ -91,6 +127,7 @@ def test_checkpoint_is_plain_data_and_reloads_identically(tiny_dataset, tmp_path
         "rng",
         "progress",
         "format_version",
+        "digest",
     ):
         assert key in payload
     checkpoint = load_checkpoint(best)
@@ -148,6 +185,7 @@ def _flip(path: Path, offset: int, count: int = 64) -> None:
 
 def test_bit_rot_in_any_tensor_of_a_checkpoint_is_a_one_line_error(tmp_path, trained_checkpoint):
     """Weights, optimizer moments, RNG states, SentencePiece bytes: each is covered."""
+    trained_checkpoint = trained_checkpoint.parent / "checkpoint_last.pt"  # the full one
     records = _tensor_records(trained_checkpoint)
     assert len(records) > 20  # model, optimizer state, rng and spm tensors
     for i, (offset, size) in enumerate(records):
@@ -381,10 +419,11 @@ def test_validation_tracks_the_best_checkpoint_and_early_stops(tiny_dataset, tmp
     assert load_checkpoint(best).progress.updates == best_row["update"]
     assert best.name == "checkpoint_best.pt"
     # the log says which rule ended training, with the best score it is measured against
-    stops = [r.getMessage() for r in caplog.records if "training stopped" in r.getMessage()]
+    stops = [r.getMessage() for r in caplog.records if r.getMessage().startswith("done after")]
     assert stops == [
-        f"training stopped after {valid[-1]['update']} updates: no better validation loss in 2 "
+        f"done after {valid[-1]['update']} updates: no better validation loss in 2 "
         f"validations (train.patience); best {best_row['loss']:.2f} at update {best_row['update']}"
+        f"; best checkpoint: {tmp_path / 'checkpoint_best.pt'}"
     ]
 
 
@@ -465,7 +504,7 @@ def test_max_minutes_stops_training_and_says_why(tiny_dataset, tmp_path, caplog)
 def test_typed_checkpoint_round_trips_through_its_payload(trained_checkpoint, tmp_path):
     from s2s_cli.checkpoint import Checkpoint
 
-    original = load_checkpoint(trained_checkpoint)
+    original = load_checkpoint(trained_checkpoint.parent / "checkpoint_last.pt")
     assert original.training is not None and original.best is not None
     save_checkpoint(original, tmp_path / "copy.pt")
     again = load_checkpoint(tmp_path / "copy.pt")
@@ -557,3 +596,15 @@ def test_the_divergence_watch_counts_runs_and_warns_on_an_exploding_loss(caplog)
         watch.observe(update, result(0.0, skipped=True))
     with pytest.raises(TrainingDiverged, match="3 updates in a row up to update 142"):
         watch.observe(142, result(0.0, skipped=True))
+
+
+def test_a_dataset_made_by_an_older_s2s_still_trains(tiny_dataset, tmp_path):
+    """Its manifest may record data settings this version does not have (the languages)."""
+    old = tmp_path / "old"
+    shutil.copytree(tiny_dataset, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["config"]["data"]["src_lang"] = "src"
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    best = run(old, tmp_path / "run", "train.max_updates=2")
+    saved = load_checkpoint(best).config.data
+    assert saved.vocab_size == manifest["config"]["data"]["vocab_size"] and saved.path is None
