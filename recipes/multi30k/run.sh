@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Multi30k task 1 with the installed `s2s` command only:
-#   preprocess -> train -> average -> translate test2016, test2017, mscoco2017 -> score
+#   preprocess -> train -> average -> translate every test set the pair has -> score
 #
-#   MULTI30K=/path/to/multi30k/data/task1/raw recipes/multi30k/run.sh [en-de|de-en] [CONFIG.yaml]
+#   MULTI30K=/path/to/multi30k/data/task1/raw recipes/multi30k/run.sh [SRC-TGT] [CONFIG.yaml]
+#
+# SRC-TGT is any pair of en, de, fr, cs (default en-de).
 #
 # CONFIG defaults to cpu-90min.yaml (the best model 2 CPU cores train in at most 90 minutes);
 # cpu-15min.yaml is the 15-minute one, gpu.yaml a bigger model for a GPU. Environment: WORK (default
@@ -23,7 +25,13 @@ if [ "${QUICK:-0}" = 1 ]; then
           train.save_every=100 train.warmup_updates=50 train.lr=0.003 model.dropout=0.1
           model.embed_dim=64 model.hidden_size=128 model.encoder_hidden_size=128 train.max_tokens=1024)
 fi
-tests=(test_2016_flickr test_2017_flickr test_2017_mscoco)
+# The test sets this pair has: Czech has test2016 and test2018 only, German and French more.
+tests=()
+for file in "$data"/test_*."$src".gz; do
+  test=$(basename "$file" ".$src.gz")
+  [ -e "$data/$test.$tgt.gz" ] && tests+=("$test")
+done
+[ ${#tests[@]} -gt 0 ] || { echo "no test set in $data has both $src and $tgt" >&2; exit 1; }
 mkdir -p "$work"
 
 echo "== preprocess $pair" >&2
