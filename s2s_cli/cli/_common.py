@@ -153,7 +153,10 @@ class LogFile(logging.FileHandler):
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
         err = sys.exc_info()[1]
-        reason = describe_os_error(err) if isinstance(err, OSError) else repr(err)
+        if not isinstance(err, OSError):  # a bad log call is a bug: logging's own report
+            super().handleError(record)
+            return
+        reason = describe_os_error(err)
         logging.getLogger("s2s_cli").removeHandler(self)
         with contextlib.suppress(Exception):
             self.close()

@@ -106,6 +106,24 @@ def test_multi30k_recipe_quick_variant(tmp_path):
         "nrefs:1" in score["bleu"]["signature"] and "case:lc" in score["bleu_tok_lc"]["signature"]
     )
     assert ElementTree.parse(work / "valid-bleu.svg").getroot().tag.endswith("svg")
+    # ensemble.sh over two runs (here the same one twice: an ensemble of a model with itself
+    # translates as the model alone, and the two "seeds" have no spread)
+    summary = shell(
+        ROOT / "recipes/multi30k/ensemble.sh",
+        "en-de",
+        str(work),
+        str(work),
+        env={"MULTI30K": str(data), "OUT": str(tmp_path / "ensemble")},
+    )
+    rows = {
+        tuple(cell.strip() for cell in line.split("|")[1:3]): line.split("|")[3:-1]
+        for line in summary.splitlines()
+        if line.startswith("| test_")
+    }
+    single, again, spread, ensemble = (c.strip() for c in rows[("test_2016_flickr", "BLEU")])
+    assert float(single) == bleu and again == single and spread == f"{bleu:.2f} ± 0.00"
+    assert ensemble == single
+    assert len(rows) == 3 * 3  # three test sets (test_2018 has no German side) x three metrics
 
 
 def test_demo_runs_end_to_end_and_learns(tmp_path):

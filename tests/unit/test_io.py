@@ -180,3 +180,36 @@ def test_a_stalled_pipe_yields_a_marker_and_a_flowing_one_does_not():
         ["c"],
         ["d"],
     ]
+
+
+def test_a_log_file_that_cannot_be_written_is_one_warning_and_logging_goes_on(tmp_path, capsys):
+    import logging
+
+    from s2s_cli.cli._common import setup_logging
+
+    setup_logging(log_file=tmp_path / "train.log")
+    log = logging.getLogger("s2s_cli.test")
+
+    class FullDisk:
+        def write(self, text: str) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def flush(self) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def close(self) -> None:
+            pass
+
+    root = logging.getLogger("s2s_cli")
+    (file_handler,) = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    file_handler.stream = FullDisk()
+    log.info("first")
+    log.info("second")
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "Traceback" not in err
+    assert (
+        f"warning: {tmp_path / 'train.log'}: cannot write (No space left on device [ENOSPC]); "
+        in err
+    )
+    assert "first" in err and "second" in err  # stderr logging goes on
+    assert not [h for h in root.handlers if isinstance(h, logging.FileHandler)]
