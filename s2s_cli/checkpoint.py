@@ -223,10 +223,10 @@ def _what_file_is(path: Path, err: Exception) -> str:
 def _looks_like_text(head: bytes) -> bool:
     try:
         text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        text = head[:-4].decode("utf-8", "replace") if len(head) > 4 else ""
-        if "\ufffd" in text:
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:  # more than a character cut off at the end of the head
             return False
+        text = head[: err.start].decode("utf-8")
     return all(ch.isprintable() or ch in "\n\r\t" for ch in text)
 
 

@@ -167,14 +167,18 @@ class LogFile(logging.FileHandler):
         )
 
 
+def check_verbosity(quiet: bool, verbose: bool) -> None:
+    if quiet and verbose:
+        raise ConfigError("-q/--quiet and -v/--verbose: choose one")
+
+
 def setup_logging(verbose: bool = False, log_file: Path | None = None, quiet: bool = False) -> None:
     """Log records go to stderr (rich on a terminal) and optionally to a file; never to stdout.
 
     ``quiet``: only warnings and errors on stderr; ``verbose``: debug detail too. The log file
     (train.log) always gets at least the info records.
     """
-    if quiet and verbose:
-        raise ConfigError("-q/--quiet and -v/--verbose: choose one")
+    check_verbosity(quiet, verbose)
     root = logging.getLogger("s2s_cli")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for handler in list(root.handlers):

@@ -12,6 +12,7 @@ from s2s_cli.cli._common import (
     DeviceOpt,
     QuietOpt,
     VerboseOpt,
+    check_verbosity,
     setup_logging,
     stderr,
     user_errors,
@@ -74,8 +75,7 @@ def train(
     from s2s_cli.config import load_config
 
     with user_errors():
-        if quiet and verbose:
-            setup_logging(verbose, quiet=quiet)  # refuses the pair
+        check_verbosity(quiet, verbose)  # before anything is created in the save directory
         config_path, overrides = _split_args(args or [])
         named = load_config(config_path, overrides)  # may name data.path and train.save_dir
         data_dir = _data_dir(data, named.data.path, required=not dry_run)

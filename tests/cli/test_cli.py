@@ -850,7 +850,7 @@ def test_score_errors(texts, case):
 )
 def test_a_run_refused_at_start_leaves_nothing_behind(tiny_dataset, tmp_path, args, code, message):
     if "train.precision=fp16" in args and __import__("torch").cuda.is_available():
-        pytest.skip("fp16 trains where CUDA is")
+        pytest.skip("with CUDA, fp16 training is allowed: there is no refusal to test")
     fresh = tmp_path / "fresh"
     result = s2s("train", "--data", str(tiny_dataset), "--save-dir", str(fresh), *args)
     assert result.returncode == code and message in one_line_error(result)
