@@ -8,11 +8,13 @@
 synchronised around the timed window, in steady state (a second pass over the same batches), for
 
 * bench-lstm (BENCH_MODEL of benchmarks/common.py) on the real Multi30k batches of DATASET_DIR
-  (4,096-token batches): s2s in fp32/bf16/fp16, the choices s2s makes per device (packed vs
-  segment encoder, fused vs plain loss), the input-feeding model, and the reference loop;
+  (4,096-token batches): s2s in fp32/bf16/fp16, the choices s2s makes per device (the RNN's
+  precision, fused vs plain loss, gathered vs weighted positions, fused vs foreach Adam), the
+  input-feeding model, and the reference loop;
 * a GNMT-v2-shaped model: 4-layer 1024-unit LSTM encoder whose first layer is bidirectional,
   4-layer 1024 decoder with attention, 32k vocabulary, synthetic batches of 128 sentences of
-  25-30 tokens: s2s vs the reference loop.
+  25-30 tokens: s2s vs the reference loop; ``--profile`` adds where one update's time goes
+  (kernels per update, GPU busy time against wall time, the costliest kernels) for both.
 
 The reference loop is what a user writes by hand: ``nn.Embedding``, ``nn.LSTM`` over padded
 batches, batched attention, ``nn.Linear`` over every position and ``F.cross_entropy`` with label
@@ -27,6 +29,7 @@ and --extra sources, for beam 5 and greedy, batch 128 and a larger batch, bf16 a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import sys
@@ -41,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import BENCH_MODEL
 
-from s2s_cli.config import load_config
+from s2s_cli.config import TrainConfig, load_config
 from s2s_cli.data.batching import make_batches
 from s2s_cli.data.dataset import Dataset
 from s2s_cli.data.loader import Batch, collate
@@ -50,7 +53,10 @@ from s2s_cli.device import autocast
 from s2s_cli.models import recurrent
 from s2s_cli.models.build import build_model, parameter_counts
 from s2s_cli.models.recurrent import cudnn_rnn_supports
+from s2s_cli.training import schedule
+from s2s_cli.training import step as step_module
 from s2s_cli.training.distributed import DistributedContext
+from s2s_cli.training.schedule import build_optimizer
 from s2s_cli.training.step import LossModule, Updater
 
 GNMT_MODEL = [
@@ -241,14 +247,84 @@ def measure(step, batches: list[Batch], device: torch.device) -> dict:
     }
 
 
-def s2s_step(cfg, vocab, precision, device, encoder_impl="auto", fused=None, rnn=None):
-    """One s2s update (the trainer's Updater); ``rnn`` sets recurrent.BF16_RNN_ON_CUDA."""
-    if rnn is not None:
-        recurrent.BF16_RNN_ON_CUDA = rnn
+@contextlib.contextmanager
+def choices(rnn: str | None = None, gather: bool | None = None, fused_adam: bool | None = None):
+    """The per-device choices s2s makes, set for one measurement and restored afterwards:
+    ``rnn`` recurrent.BF16_RNN_ON_CUDA, ``gather`` step.GATHER_POSITIONS["cuda"], ``fused_adam``
+    schedule.FUSED_ON_CUDA (None: the default)."""
+    saved = (
+        recurrent.BF16_RNN_ON_CUDA,
+        step_module.GATHER_POSITIONS["cuda"],
+        schedule.FUSED_ON_CUDA,
+    )
+    try:
+        if rnn is not None:
+            recurrent.BF16_RNN_ON_CUDA = rnn
+        if gather is not None:
+            step_module.GATHER_POSITIONS["cuda"] = gather
+        if fused_adam is not None:
+            schedule.FUSED_ON_CUDA = fused_adam
+        yield
+    finally:
+        recurrent.BF16_RNN_ON_CUDA, step_module.GATHER_POSITIONS["cuda"] = saved[:2]
+        schedule.FUSED_ON_CUDA = saved[2]
+
+
+def profile_steps(name: str, step, batches: list[Batch], device: torch.device, updates: int = 3):
+    """Where an update's time goes: kernels per update, GPU busy time against wall time, and the
+    kernels that take the most GPU time (printed, and returned for the JSON)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    sync(device)
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for batch in batches[:updates]:
+            step(batch)
+        sync(device)
+        wall = (time.perf_counter() - start) / updates
+    events = prof.key_averages()
+
+    def device_us(e) -> float:
+        return getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0))
+
+    # the GPU's own activities (kernels, copies, memsets), not the CPU ops that launched them
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA and device_us(e) > 0]
+    busy = sum(device_us(e) for e in kernels) / updates / 1e6
+    launches = sum(e.count for e in kernels) / updates
+    top = sorted(kernels, key=device_us, reverse=True)[:15]
+    cpu_ops = sum(e.count for e in events if e.key.startswith("aten::")) / updates
+    result = {
+        "name": name,
+        "wall_ms_per_update": 1000 * wall,
+        "gpu_busy_ms_per_update": 1000 * busy,
+        "kernels_per_update": launches,
+        "aten_ops_per_update": cpu_ops,
+        "top_kernels": [
+            {"kernel": e.key[:120], "calls": e.count / updates, "ms": device_us(e) / updates / 1000}
+            for e in top
+        ],
+    }
+    print(
+        f"# profile {name}: {result['wall_ms_per_update']:.1f} ms/update wall, GPU busy "
+        f"{result['gpu_busy_ms_per_update']:.1f} ms, {launches:,.0f} kernels, "
+        f"{cpu_ops:,.0f} aten ops per update",
+        flush=True,
+    )
+    for row in result["top_kernels"]:
+        print(f"#   {row['ms']:7.2f} ms {row['calls']:6.0f}x  {row['kernel']}", flush=True)
+    return result
+
+
+def s2s_step(cfg, vocab, precision, device, encoder_impl="auto", fused=None):
+    """One s2s update: the trainer's Updater and optimizer (call inside :func:`choices`)."""
     torch.manual_seed(1)
     model = build_model(cfg.model, vocab, vocab).to(device)
     model.encoder.impl = encoder_impl
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = build_optimizer(model.parameters(), TrainConfig(lr=1e-3))
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     loss_module = LossModule(model, 0.1, fused=fused)
     updater = Updater(loss_module, optimizer, scaler, device, precision, 5.0, DistributedContext())
@@ -300,7 +376,8 @@ def run_train(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     env = environment(device)
     print(f"# {json.dumps(env)}", flush=True)
-    rows = []
+    rows: list[dict] = []
+    profiles: list[dict] = []
 
     def record(model: str, system: str, result: dict, flops: float, params: int) -> None:
         result.update(model=model, system=system, params=params)
@@ -322,26 +399,26 @@ def run_train(args: argparse.Namespace) -> dict:
     feeding = load_config(overrides=[*BENCH_MODEL, "model.input_feeding=true"])
     flops = flops_per_target_token(bench, vocab, src_per_tgt, src_len)
     flops_feeding = flops_per_target_token(feeding, vocab, src_per_tgt, src_len)
-    default_rnn = recurrent.BF16_RNN_ON_CUDA
+    # (name, config, precision, choices, s2s_step options); the first row is the default
     variants = [
-        ("s2s fast path, bf16 (RNN bf16)", bench, "bf16", {"rnn": "bf16"}),
-        ("s2s fast path, bf16 (RNN fp32)", bench, "bf16", {"rnn": "fp32"}),
-        ("s2s fast path, bf16 (RNN autocast fp16)", bench, "bf16", {"rnn": "autocast"}),
-        ("s2s fast path, fp16", bench, "fp16", {}),
-        ("s2s fast path, fp32", bench, "fp32", {}),
-        ("s2s fast path, bf16, segment encoder", bench, "bf16", {"encoder_impl": "segments"}),
-        ("s2s fast path, bf16, fused loss", bench, "bf16", {"fused": True}),
-        ("s2s input feeding, bf16", feeding, "bf16", {}),
-        ("s2s input feeding, fp32", feeding, "fp32", {}),
+        ("s2s fast path, bf16", bench, "bf16", {}, {}),
+        ("s2s fast path, bf16, gathered positions (sync)", bench, "bf16", {"gather": True}, {}),
+        ("s2s fast path, bf16, foreach Adam", bench, "bf16", {"fused_adam": False}, {}),
+        ("s2s fast path, bf16, RNN bf16", bench, "bf16", {"rnn": "bf16"}, {}),
+        ("s2s fast path, bf16, fused loss", bench, "bf16", {}, {"fused": True}),
+        ("s2s fast path, fp16", bench, "fp16", {}, {}),
+        ("s2s fast path, fp32", bench, "fp32", {}, {}),
+        ("s2s input feeding, bf16", feeding, "bf16", {}, {}),
+        ("s2s input feeding, fp32", feeding, "fp32", {}, {}),
     ]
     dry_run = device.type != "cuda"  # fp16 needs CUDA: a CPU dry run leaves it out
-    for name, cfg, precision, options in variants:
+    for name, cfg, precision, chosen, options in variants:
         if dry_run and precision == "fp16":
             continue
-        step, params = s2s_step(cfg, vocab, precision, device, **{"rnn": default_rnn, **options})
-        chosen = flops_feeding if cfg is feeding else flops
-        record("bench-lstm", name, measure(step, batches, device), chosen, params)
-    recurrent.BF16_RNN_ON_CUDA = default_rnn
+        with choices(**chosen):
+            step, params = s2s_step(cfg, vocab, precision, device, **options)
+            result = measure(step, batches, device)
+        record("bench-lstm", name, result, flops_feeding if cfg is feeding else flops, params)
     for precision in ("bf16",) if dry_run else ("bf16", "fp16"):
         step, params = ref_step(bench, vocab, precision, device)
         result = measure(step, batches, device)
@@ -351,21 +428,28 @@ def run_train(args: argparse.Namespace) -> dict:
     gnmt_batches = synthetic_batches(device, args.gnmt_updates, sentences=args.gnmt_sentences)
     gnmt_flops = flops_per_target_token(gnmt, 32000, 1.0, 28.5)
     gnmt_variants = [
-        ("s2s, bf16 (RNN bf16)", "bf16", "bf16"),
-        ("s2s, bf16 (RNN fp32)", "bf16", "fp32"),
-        ("s2s, bf16 (RNN autocast fp16)", "bf16", "autocast"),
-        ("s2s, fp16", "fp16", default_rnn),
+        ("s2s, bf16", "bf16", {}),
+        ("s2s, bf16, gathered positions (sync)", "bf16", {"gather": True}),
+        ("s2s, bf16, foreach Adam", "bf16", {"fused_adam": False}),
+        ("s2s, bf16, RNN bf16", "bf16", {"rnn": "bf16"}),
+        ("s2s, bf16, RNN autocast fp16", "bf16", {"rnn": "autocast"}),
+        ("s2s, fp16", "fp16", {}),
     ]
-    for name, precision, rnn in gnmt_variants[: 1 if dry_run else len(gnmt_variants)]:
-        step, params = s2s_step(gnmt, 32000, precision, device, rnn=rnn)
-        result = measure(step, gnmt_batches, device)
+    for name, precision, chosen in gnmt_variants[: 1 if dry_run else len(gnmt_variants)]:
+        with choices(**chosen):
+            step, params = s2s_step(gnmt, 32000, precision, device)
+            result = measure(step, gnmt_batches, device)
         record("gnmt-v2", name, result, gnmt_flops, params)
-    recurrent.BF16_RNN_ON_CUDA = default_rnn
+        if name == "s2s, bf16" and args.profile:
+            with choices(**chosen):
+                profiles.append(profile_steps("gnmt-v2 s2s, bf16", step, gnmt_batches, device))
     for precision in ("bf16",) if dry_run else ("bf16", "fp16"):
         step, params = ref_step(gnmt, 32000, precision, device)
         result = measure(step, gnmt_batches, device)
         record("gnmt-v2", f"reference loop, {precision}", result, gnmt_flops, params)
-    return {"environment": env, "rows": rows}
+        if precision == "bf16" and args.profile:
+            profiles.append(profile_steps("gnmt-v2 reference, bf16", step, gnmt_batches, device))
+    return {"environment": env, "rows": rows, "profiles": profiles}
 
 
 # -- decoding ---------------------------------------------------------------------------------
@@ -387,7 +471,6 @@ def run_decode(args: argparse.Namespace) -> dict:
     rng = random.Random(1)
     big = [rng.choice(pool) for _ in range(args.big_lines)]
     rows = []
-    deadline = time.perf_counter() + args.budget_s
 
     def time_one(name: str, lines: list[str], **options) -> None:
         if time.perf_counter() > deadline:
@@ -410,6 +493,14 @@ def run_decode(args: argparse.Namespace) -> dict:
             flush=True,
         )
 
+    profiles = []
+    if args.profile:  # where beam 5 at batch 128 spends its time, per precision
+        for precision in ("bf16", "fp32"):
+            options = {"beam": 5, "batch_size": 128, "precision": precision}
+            decode = lambda _batch, o=options: translator.translate_hypotheses(source[:128], **o)  # noqa: E731
+            decode(None)  # warm-up: weight casts, kernel plans
+            profiles.append(profile_steps(f"decode beam 5, {precision}", decode, [None], device, 1))
+    deadline = time.perf_counter() + args.budget_s
     for precision in ("bf16", "fp32"):
         for beam in (5, 1):
             for batch in (128, args.big_batch):
@@ -417,7 +508,7 @@ def run_decode(args: argparse.Namespace) -> dict:
     for beam in (5, 1):
         for batch in (128, args.big_batch):
             time_one("synthetic", big, beam=beam, batch_size=batch, precision="bf16")
-    return {"environment": env, "parameters": params, "rows": rows}
+    return {"environment": env, "parameters": params, "rows": rows, "profiles": profiles}
 
 
 def main() -> None:
@@ -428,6 +519,7 @@ def main() -> None:
     train.add_argument("--updates", type=int, default=60)
     train.add_argument("--gnmt-updates", type=int, default=20)
     train.add_argument("--gnmt-sentences", type=int, default=128)
+    train.add_argument("--profile", action="store_true", help="profile a GNMT update of each")
     decode = sub.add_parser("decode")
     decode.add_argument("--checkpoint", type=Path, required=True)
     decode.add_argument("--source", type=Path, required=True)
@@ -435,6 +527,7 @@ def main() -> None:
     decode.add_argument("--big-lines", type=int, default=100_000)
     decode.add_argument("--big-batch", type=int, default=1024)
     decode.add_argument("--budget-s", type=float, default=120.0)
+    decode.add_argument("--profile", action="store_true", help="profile beam 5 on 128 sentences")
     for p in (train, decode):
         p.add_argument("--out", type=Path, help="write the results as JSON here")
         p.add_argument("--device", default="cuda", help="cpu: a dry run of this script")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from s2s_cli.models.recurrent import RNN_CLASSES, run_rnn
+from s2s_cli.models.recurrent import RNN_CLASSES, RnnState, run_layer, run_rnn
 
 
 class EncoderOut(NamedTuple):
@@ -49,17 +51,22 @@ def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
 class Encoder(nn.Module):
     """Embeds and encodes a padded source batch; padding never changes a result.
 
-    Each layer and direction is a unidirectional RNN; the backward direction reads each sentence
-    reversed within its own length. Two exact implementations run them (``impl``):
+    The parameters live in at most two stacks (``stacks``): the bottom ``bidirectional_layers``
+    layers as one bidirectional multi-layer RNN (GNMT's encoder has one such layer), the layers
+    above as one unidirectional multi-layer RNN as wide as the output. Two exact implementations
+    run them (``impl``):
 
-    * ``segments`` (the CPU choice): rows sorted by length, the time axis cut at each distinct
-      length, one fused RNN call per segment (:func:`run_by_length`). This keeps oneDNN's fused
-      CPU kernels, which packed input loses (measured 2-2.6x slower on the benchmark encoder).
-    * ``packed`` (the CUDA choice): one ``PackedSequence`` call per layer and direction, which
-      cuDNN runs as one kernel sequence without host round trips per segment.
+    * ``segments`` (the CPU choice): layer by layer and direction by direction, rows sorted by
+      length, the time axis cut at each distinct length, one fused RNN call per segment
+      (:func:`run_by_length`); the backward direction reads each sentence reversed within its
+      own length. This keeps oneDNN's fused CPU kernels, which packed input loses (measured
+      2-2.6x slower on the benchmark encoder).
+    * ``packed`` (the CUDA choice): the batch packed once and each stack one ``PackedSequence``
+      call, so cuDNN runs a stack's layers (and both directions) as one kernel sequence and
+      overlaps them, with no host round trip per segment, layer or direction.
 
-    ``auto`` picks by device. The bottom ``bidirectional_layers`` layers read both ways (GNMT's
-    encoder has one); the layers above are unidirectional and as wide as the output.
+    ``auto`` picks by device. Checkpoints from before the stacks (one module per layer and
+    direction, ``rnns.N``) load unchanged: :meth:`_load_from_state_dict` renames their keys.
     """
 
     def __init__(
@@ -83,16 +90,26 @@ class Encoder(nn.Module):
         both_ways = layers if bidirectional_layers is None else bidirectional_layers
         both_ways = both_ways if bidirectional else 0
         self.layer_directions = [2 if layer < both_ways else 1 for layer in range(layers)]
-        self.impl = "auto"
-        self.rnns = nn.ModuleList(
-            RNN_CLASSES[cell](
-                embedding.embedding_dim if layer == 0 else output_size,
-                output_size // directions,
-                batch_first=True,
+        # (stack index, layer within the stack) for every encoder layer, bottom first
+        self.layer_positions: list[tuple[int, int]] = []
+        self.stacks = nn.ModuleList()
+        input_size = embedding.embedding_dim
+        for count, directions in ((both_ways, 2), (layers - both_ways, 1)):
+            if count == 0:
+                continue
+            self.layer_positions += [(len(self.stacks), k) for k in range(count)]
+            self.stacks.append(
+                RNN_CLASSES[cell](
+                    input_size,
+                    output_size // directions,
+                    num_layers=count,
+                    bidirectional=directions == 2,
+                    dropout=dropout if count > 1 else 0.0,
+                    batch_first=True,
+                )
             )
-            for layer, directions in enumerate(self.layer_directions)
-            for _ in range(directions)
-        )
+            input_size = output_size
+        self.impl = "auto"
 
     def forward(self, src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """``src`` B x S ids (right-padded), ``lengths`` B (>= 1).
@@ -107,59 +124,99 @@ class Encoder(nn.Module):
         real_lengths = lengths - 1
         if self.reverse_source:
             src = reverse_padded(src, real_lengths)
+        impl = self.impl
+        if impl == "auto":
+            impl = "packed" if src.device.type == "cuda" else "segments"
+        if impl == "packed":
+            outputs, hidden, cell = self._run_packed(src, lengths)
+        elif src.device.type == "cuda":
+            # run_layer bypasses run_rnn's precision rules (bf16 must not become fp16 there)
+            raise ValueError("the segment-wise encoder is for the CPU; CUDA runs impl='packed'")
+        else:
+            outputs, hidden, cell = self._run_segments(src, lengths)
+        if self.reverse_source:
+            outputs = reverse_padded(outputs, real_lengths)
+        return outputs, pad_mask, hidden, cell
+
+    def _run_packed(self, src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        # pack_padded_sequence wants the lengths on the host; it sorts, and the RNN returns the
+        # final states in the batch's own order.
+        x = self.dropout(self.embedding(src))
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        hidden, cell = [], []
+        for index, stack in enumerate(self.stacks):
+            if index > 0:  # dropout between layers; the stack applies it between its own layers
+                packed = packed._replace(data=self.dropout(packed.data))
+            packed, state = run_rnn(stack, packed)
+            h, c = state if isinstance(state, tuple) else (state, None)
+            hidden.append(_directions_concatenated(h, stack))
+            cell.append(None if c is None else _directions_concatenated(c, stack))
+        outputs, _ = pad_packed_sequence(packed, batch_first=True, total_length=src.size(1))
+        final_cell = None if cell[0] is None else torch.cat(cell)
+        return outputs, torch.cat(hidden), final_cell
+
+    def _run_segments(self, src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         order = torch.argsort(lengths, descending=True, stable=True)
         sorted_lengths = lengths.index_select(0, order)
-        run = self._runner(src.device, sorted_lengths)
         x = self.dropout(self.embedding(src.index_select(0, order)))
         hidden, cell = [], []
-        index = 0
         for layer, directions in enumerate(self.layer_directions):
             if layer > 0:
                 x = self.dropout(x)
+            stack_index, stack_layer = self.layer_positions[layer]
+            stack = self.stacks[stack_index]
             outputs, layer_hidden, layer_cell = [], [], []
             for direction in range(directions):
-                rnn = self.rnns[index]
-                index += 1
-                inputs = x if direction == 0 else reverse_padded(x, sorted_lengths)
-                out, h, c = run(rnn, inputs)
-                outputs.append(out if direction == 0 else reverse_padded(out, sorted_lengths))
+                reverse = direction == 1
+                inputs = reverse_padded(x, sorted_lengths) if reverse else x
+                out, h, c = run_by_length(
+                    partial(run_layer, stack, stack_layer, reverse), inputs, sorted_lengths
+                )
+                outputs.append(reverse_padded(out, sorted_lengths) if reverse else out)
                 layer_hidden.append(h)
                 layer_cell.append(c)
             x = torch.cat(outputs, dim=-1) if directions > 1 else outputs[0]
             hidden.append(torch.cat(layer_hidden, dim=-1))
             cell.append(None if layer_cell[0] is None else torch.cat(layer_cell, dim=-1))
         restore = torch.argsort(order)
-        outputs = x.index_select(0, restore)
-        if self.reverse_source:
-            outputs = reverse_padded(outputs, real_lengths)
         final_hidden = torch.stack(hidden).index_select(1, restore)
         final_cell = None if cell[0] is None else torch.stack(cell).index_select(1, restore)
-        return outputs, pad_mask, final_hidden, final_cell
+        return x.index_select(0, restore), final_hidden, final_cell
 
-    def _runner(self, device: torch.device, sorted_lengths: Tensor):
-        """``run(rnn, x) -> (outputs, final h, final c)`` for rows sorted longest first."""
-        impl = self.impl
-        if impl == "auto":
-            impl = "packed" if device.type == "cuda" else "segments"
-        if impl == "packed":
-            host_lengths = sorted_lengths.cpu()  # pack_padded_sequence wants them on the host
-            return lambda rnn, x: run_packed(rnn, x, host_lengths)
-        return lambda rnn, x: run_by_length(rnn, x, sorted_lengths)
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        """Rename the keys of checkpoints from before the stacks (``rnns.N.<param>_l0``)."""
+        old = f"{prefix}rnns."
+        if any(key.startswith(old) for key in state_dict):
+            modules = [
+                (position, direction)
+                for position, directions in zip(
+                    self.layer_positions, self.layer_directions, strict=True
+                )
+                for direction in range(directions)
+            ]
+            for key in [k for k in state_dict if k.startswith(old)]:
+                number, name = key[len(old) :].split(".", 1)
+                (stack, layer), direction = modules[int(number)]
+                param = name.removesuffix("_l0") + f"_l{layer}" + ("_reverse" if direction else "")
+                state_dict[f"{prefix}stacks.{stack}.{param}"] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def run_packed(rnn: nn.RNNBase, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Like :func:`run_by_length`, through one ``PackedSequence`` call (``lengths`` on the host)."""
-    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=True)
-    out, state = run_rnn(rnn, packed)
-    outputs, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
-    h, c = state if isinstance(state, tuple) else (state, None)
-    return outputs, h[0], None if c is None else c[0]
+def _directions_concatenated(state: Tensor, rnn: nn.RNNBase) -> Tensor:
+    """``(layers * directions) x B x H`` final states as ``layers x B x (directions * H)``."""
+    if not rnn.bidirectional:
+        return state
+    forward, backward = state.view(rnn.num_layers, 2, *state.shape[1:]).unbind(1)
+    return torch.cat([forward, backward], dim=-1)
 
 
 def run_by_length(
-    rnn: nn.RNNBase, x: Tensor, lengths: Tensor
+    rnn: Callable[[Tensor, RnnState], tuple[Tensor, RnnState]], x: Tensor, lengths: Tensor
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Run a one-layer unidirectional RNN over rows sorted by ``lengths`` (descending).
+    """Run a one-layer unidirectional RNN (``rnn(x, state)``, e.g. a :func:`run_layer` partial)
+    over rows sorted by ``lengths`` (descending).
 
     The time axis is cut at each distinct length; each segment is one fused RNN call over the
     rows still running, carrying their state. Rows stop exactly at their length, so outputs at
@@ -177,7 +234,7 @@ def run_by_length(
     for end, rows in zip(ends, running, strict=True):
         if state is not None:
             state = _take_rows(state, rows)
-        out, state = run_rnn(rnn, x[:rows, start:end], state)
+        out, state = rnn(x[:rows, start:end], state)
         outputs.append(nn.functional.pad(out, (0, 0, 0, 0, 0, batch - rows)))
         done = int((lengths >= end).sum()) - int((lengths > end).sum())  # rows ending here
         first = int((lengths > end).sum())

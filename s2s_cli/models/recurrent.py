@@ -35,6 +35,37 @@ def has_cell_state(cell: str) -> bool:
     return issubclass(RNN_CLASSES[cell], nn.LSTM)
 
 
+# The functional forms nn.RNNBase.forward calls, by ``rnn.mode``.
+_LAYER_FUNCTIONS = {
+    "LSTM": torch.lstm,
+    "GRU": torch.gru,
+    "RNN_TANH": torch.rnn_tanh,
+    "RNN_RELU": torch.rnn_relu,
+}
+
+
+def run_layer(
+    rnn: nn.RNNBase, layer: int, reverse: bool, x: Tensor, state: RnnState = None
+) -> tuple[Tensor, RnnState]:
+    """One layer and direction of a (multi-layer, bidirectional) RNN module, run as a one-layer
+    unidirectional batch-first RNN over ``x``: ``(outputs B x T x H, state 1 x B x H)``.
+
+    The same computation ``nn.RNNBase.forward`` makes for a module holding only those weights
+    (the CPU encoder runs a stack this way, segment by segment). No precision rules: CPU only.
+    """
+    suffix = f"_l{layer}" + ("_reverse" if reverse else "")
+    names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if rnn.bias else [])
+    params = [getattr(rnn, name + suffix) for name in names]
+    if state is None:
+        zeros = x.new_zeros(1, x.size(0), rnn.hidden_size)
+        state = (zeros, zeros) if rnn.mode == "LSTM" else zeros
+    args = (rnn.bias, 1, 0.0, rnn.training, False, True)
+    if rnn.mode == "LSTM":
+        out, h, c = torch.lstm(x, state, params, *args)
+        return out, (h, c)
+    return _LAYER_FUNCTIONS[rnn.mode](x, state, params, *args)
+
+
 # What a bf16 run computes its recurrent layers in on CUDA (measured by benchmarks/gpu.py):
 #   "bf16": bf16 copies of the weights per call (cuDNN 9.13+; else float32)
 #   "fp32": float32 weights as they are (cuDNN may use TF32, torch.backends.cudnn.allow_tf32)

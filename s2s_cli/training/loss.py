@@ -25,8 +25,11 @@ def rows_per_chunk(logits: Tensor) -> int:
     return ROWS_PER_CHUNK
 
 
-def label_smoothed_nll(logits: Tensor, target: Tensor, epsilon: float) -> tuple[Tensor, Tensor]:
-    """Summed loss and summed NLL for ``N x V`` logits of non-padding positions.
+def label_smoothed_nll(
+    logits: Tensor, target: Tensor, epsilon: float, weight: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Summed loss and summed NLL for ``N x V`` logits of non-padding positions (or of all
+    positions, with ``weight`` N: True/1 where a position counts, False/0 at padding).
 
     ``loss = (1 - eps) * nll + eps * mean_v(-log p_v)``: the cross-entropy against a target
     distribution putting ``1 - eps`` on the reference and ``eps`` spread evenly over the
@@ -36,6 +39,10 @@ def label_smoothed_nll(logits: Tensor, target: Tensor, epsilon: float) -> tuple[
     lprobs = torch.log_softmax(logits.to(dtype), dim=-1)
     nll = -lprobs.gather(1, target.unsqueeze(1)).squeeze(1)
     loss = (1.0 - epsilon) * nll + epsilon * -lprobs.mean(dim=-1) if epsilon > 0 else nll
+    if weight is not None:
+        # where(), not a product: a padding row's loss must not leak NaN or inf into the sum
+        loss = torch.where(weight.bool(), loss, 0.0)
+        nll = torch.where(weight.bool(), nll, 0.0)
     return loss.sum(), nll.sum().detach()
 
 

@@ -11,6 +11,11 @@ from torch import nn
 
 from s2s_cli.config import TrainConfig
 
+# Adam/AdamW as one fused kernel per parameter group when every parameter is on CUDA (PyTorch's
+# default there is the multi-tensor "foreach" form: several launches per parameter chunk, which
+# shows in updates bound by launches; benchmarks/gpu.py measures both). The CPU keeps the default.
+FUSED_ON_CUDA = True
+
 
 def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     params = list(params)
@@ -18,8 +23,10 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.o
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
+    fused = FUSED_ON_CUDA and bool(params) and all(p.is_cuda for p in params)
+    options: dict[str, Any] = {"fused": True} if fused else {}
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, **options)
 
 
 class LearningRate:

@@ -23,6 +23,12 @@ from s2s_cli.training.loss import ProjectedCrossEntropy, label_smoothed_nll
 # (docs/benchmarks.md, "GPU"): the logits are cheap there and every extra kernel launch shows.
 FUSED_LOSS = {"cpu": True, "cuda": False}
 
+# Whether the unfused objective first gathers the non-padding positions (``features[mask]``), per
+# device type. On the CPU that saves the output projection at padding; on CUDA boolean indexing
+# waits for the device to learn how many rows come out (a host sync in every forward), so the
+# projection runs at every position and padding is weighted out instead.
+GATHER_POSITIONS = {"cpu": True, "cuda": False}
+
 
 class LossModule(nn.Module):
     """Model plus objective in one module, so DDP wraps (and synchronises) the whole forward.
@@ -50,8 +56,13 @@ class LossModule(nn.Module):
         mask = tgt_out != PAD
         fused = self.fused if self.fused is not None else FUSED_LOSS.get(src.device.type, True)
         if not fused:
-            logits = self.model.decoder.project(features[mask])
-            return label_smoothed_nll(logits, tgt_out[mask], self.label_smoothing)
+            if GATHER_POSITIONS.get(src.device.type, True):
+                logits = self.model.decoder.project(features[mask])
+                return label_smoothed_nll(logits, tgt_out[mask], self.label_smoothing)
+            logits = self.model.decoder.project(features).flatten(0, 1)
+            return label_smoothed_nll(
+                logits, tgt_out.flatten(), self.label_smoothing, weight=mask.flatten()
+            )
         inputs, weight, bias = self.model.decoder.output_layer(features[mask])
         return self.criterion(inputs, weight, bias, tgt_out[mask])
 

@@ -19,10 +19,11 @@ import pytest
 import torch
 
 from s2s_cli import Dataset, Translator, load_config, train
-from s2s_cli.config import CELLS
+from s2s_cli.config import CELLS, TrainConfig
 from s2s_cli.data.loader import collate
 from s2s_cli.models.build import build_model
 from s2s_cli.training.distributed import DistributedContext
+from s2s_cli.training.schedule import build_optimizer
 from s2s_cli.training.step import LossModule, Updater
 
 from ..conftest import TINY_MODEL, WORDS
@@ -104,6 +105,60 @@ def test_fp32_training_step_matches_the_cpu(tiny_dataset, device, cell, attentio
         assert (gpu_grads[name] - grad).abs().max().item() <= 1e-4 * scale, name
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize(("layers", "bidirectional_layers"), [(3, "1"), (2, "null"), (2, "0")])
+def test_fp32_stacked_encoder_step_matches_the_cpu(
+    tiny_dataset, device, cell, layers, bidirectional_layers
+):
+    """Multi-layer encoders: on CUDA each stack (bidirectional bottom, unidirectional top) is one
+    cuDNN call over a packed batch; on the CPU layer by layer. Same loss and gradients."""
+    cfg = load_config(
+        overrides=[
+            *TINY_MODEL,
+            f"model.cell={cell}",
+            f"model.encoder_layers={layers}",
+            f"model.decoder_layers={layers}",
+            f"model.bidirectional_layers={bidirectional_layers}",
+            "model.bridge=last",
+        ]
+    ).model
+    batch = collate(Dataset(tiny_dataset).split("train"), np.arange(24))
+    results = []
+    for where in (torch.device("cpu"), device):
+        torch.manual_seed(0)
+        model = build_model(cfg, 48, 48).to(where)
+        loss, _ = LossModule(model, 0.1)(*batch.to(where)[:4])
+        loss.backward()
+        grads = {n: p.grad.detach().cpu() for n, p in model.named_parameters()}
+        results.append((loss.item(), grads))
+    (cpu_loss, cpu_grads), (gpu_loss, gpu_grads) = results
+    assert gpu_loss == pytest.approx(cpu_loss, rel=1e-5)
+    for name, grad in cpu_grads.items():
+        scale = grad.abs().max().item() + 1e-8
+        assert (gpu_grads[name] - grad).abs().max().item() <= 1e-4 * scale, name
+
+
+def test_the_optimizer_on_cuda_is_fused_and_updates_as_the_cpu_does(device):
+    """build_optimizer picks PyTorch's fused Adam for CUDA parameters; one update from the same
+    weights and gradients lands where the CPU's Adam lands."""
+    torch.manual_seed(0)
+    weights = [torch.randn(64, 32), torch.randn(32)]
+    grads = [torch.randn_like(w) for w in weights]
+    updated = []
+    for where in (torch.device("cpu"), device):
+        params = [torch.nn.Parameter(w.clone().to(where)) for w in weights]
+        optimizer = build_optimizer(params, TrainConfig(lr=1e-2, weight_decay=0.01))
+        assert bool(optimizer.defaults.get("fused")) == (where.type == "cuda")
+        for _ in range(3):
+            for param, grad in zip(params, grads):
+                param.grad = grad.to(where)
+            optimizer.step()
+        updated.append([p.detach().cpu() for p in params])
+    for cpu, gpu, start in zip(*updated, weights):
+        assert not torch.equal(cpu, start)
+        assert torch.allclose(gpu, cpu, rtol=1e-5, atol=1e-6)
+
+
 def _train_tiny(tiny_dataset, save_dir, device, *overrides):
     cfg = load_config(
         overrides=[*TINY_MODEL, "train.max_updates=400", "train.validate_every=400", *overrides]
@@ -156,7 +211,7 @@ def test_fp16_scaler_skips_an_overflowing_step_and_recovers(tiny_dataset, device
     dtypes = []
     model.decoder.rnn.register_forward_hook(lambda m, i, o: dtypes.append(o[0].dtype))
     scaler = torch.amp.GradScaler("cuda", init_scale=1024.0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = build_optimizer(model.parameters(), TrainConfig(lr=1e-3))  # fused, as in training
     updater = Updater(
         LossModule(model, 0.0), optimizer, scaler, device, "fp16", 5.0, DistributedContext()
     )

@@ -319,13 +319,52 @@ def test_bidirectional_layers_read_both_ways_only_at_the_bottom():
         encoder_layers=3, decoder_layers=3, bidirectional_layers=1, hidden_size=12, bridge="last"
     )
     assert model.encoder.layer_directions == [2, 1, 1]
-    sizes = [rnn.hidden_size for rnn in model.encoder.rnns]
-    assert sizes == [6, 6, 12, 12]
+    stacks = [(s.hidden_size, s.num_layers, s.bidirectional) for s in model.encoder.stacks]
+    assert stacks == [(6, 1, True), (12, 2, False)]
     src, lengths, tgt_in = batch()
     # padding never changes a result, here too: the first sentence alone equals it in the batch
     alone = model(src[:1, : lengths[0]], lengths[:1], tgt_in[:1])
     together = model(src, lengths, tgt_in)[:1]
     assert torch.allclose(alone, together, atol=1e-5)
+
+
+def test_checkpoints_from_before_the_encoder_stacks_load_unchanged():
+    """Before the stacks, each encoder layer and direction was its own module ``rnns.N``."""
+    model = model_for(
+        encoder_layers=3, decoder_layers=3, bidirectional_layers=1, hidden_size=12, bridge="last"
+    )
+    # the old layout, written out by hand: layer 0 forward and backward, then layers 1 and 2
+    old_names = {
+        "stacks.0.{}_l0": "rnns.0.{}_l0",
+        "stacks.0.{}_l0_reverse": "rnns.1.{}_l0",
+        "stacks.1.{}_l0": "rnns.2.{}_l0",
+        "stacks.1.{}_l1": "rnns.3.{}_l0",
+    }
+    old_state = {}
+    for key, value in model.state_dict().items():
+        for new, old in old_names.items():
+            for param in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                if key == "encoder." + new.format(param):
+                    key = "encoder." + old.format(param)
+        old_state[key] = value
+    assert sum(k.startswith("encoder.rnns.") for k in old_state) == 16
+    torch.manual_seed(2)
+    fresh = build_model(
+        ModelConfig(
+            embed_dim=8,
+            hidden_size=12,
+            dropout=0.0,
+            encoder_layers=3,
+            decoder_layers=3,
+            bidirectional_layers=1,
+            bridge="last",
+        ),
+        VOCAB,
+        VOCAB,
+    ).eval()
+    fresh.load_state_dict(old_state)
+    src, lengths, tgt_in = batch()
+    assert torch.equal(fresh(src, lengths, tgt_in), model(src, lengths, tgt_in))
 
 
 def test_bidirectional_layers_is_validated():

@@ -120,11 +120,14 @@ def test_projected_loss_gradient_matches_finite_differences_and_reuse_is_guarded
         first.backward()  # ...so the first backward refuses to return a wrong gradient
 
 
-def test_loss_module_fused_and_plain_objectives_agree():
-    """Both objectives LossModule can pick per device give the same loss and gradients."""
+def test_loss_module_objectives_agree(monkeypatch):
+    """The objectives LossModule can pick per device give the same loss and gradients: fused,
+    plain over the gathered non-padding positions (CPU), plain over every position with padding
+    weighted out (CUDA, where gathering costs a host sync)."""
     from s2s_cli.config import ModelConfig
     from s2s_cli.data.spm import BOS, EOS, PAD
     from s2s_cli.models.build import build_model
+    from s2s_cli.training import step
     from s2s_cli.training.step import LossModule
 
     torch.manual_seed(0)
@@ -134,19 +137,23 @@ def test_loss_module_fused_and_plain_objectives_agree():
     lengths = torch.full((3,), 6)
     tgt_out = torch.randint(4, 30, (3, 5))
     tgt_out[0, 3], tgt_out[0, 4] = EOS, PAD
+    tgt_out[2, 1], tgt_out[2, 2:] = EOS, PAD
     tgt_in = torch.cat([torch.full((3, 1), BOS), tgt_out[:, :-1]], dim=1)
     results = []
-    for fused in (True, False):
+    for fused, gather in ((True, True), (False, True), (False, False)):
+        monkeypatch.setitem(step.GATHER_POSITIONS, "cpu", gather)
         model.zero_grad()
         loss, nll = LossModule(model, 0.1, fused=fused)(src, lengths, tgt_in, tgt_out)
         loss.backward()
         grads = [p.grad.clone() for p in model.parameters()]
         results.append((loss.detach(), nll, grads))
-    (loss_a, nll_a, grads_a), (loss_b, nll_b, grads_b) = results
-    assert torch.allclose(loss_a, loss_b, atol=1e-5)
-    assert torch.allclose(nll_a, nll_b, atol=1e-5)
-    for a, b in zip(grads_a, grads_b):
-        assert torch.allclose(a, b, atol=1e-6)
+    loss_a, nll_a, grads_a = results[0]
+    for loss_b, nll_b, grads_b in results[1:]:
+        assert torch.allclose(loss_a, loss_b, atol=1e-5)
+        assert torch.allclose(nll_a, nll_b, atol=1e-5)
+        for a, b in zip(grads_a, grads_b):
+            assert torch.allclose(a, b, atol=1e-6)
+    # (so padding adds nothing to the weighted sum: the gathered one never sees it)
 
 
 def test_rnn_cast_call_computes_in_the_requested_dtype_and_reaches_fp32_weights():
