@@ -163,6 +163,7 @@ class TrainConfig:
     log_every: int = 50  # updates between log lines
     tensorboard: bool = False  # write TensorBoard scalars (needs the tensorboard package)
     threads: int | None = None  # torch intra-op threads (null: torch's default)
+    dist_timeout_minutes: float = 30.0  # multi-process: silence from a peer that ends the run
 
     def __post_init__(self) -> None:
         _positive(
@@ -189,6 +190,9 @@ class TrainConfig:
             )
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"train.max_minutes: {self.max_minutes} must be > 0 or null")
+        if self.dist_timeout_minutes <= 0:
+            value = self.dist_timeout_minutes
+            raise ConfigError(f"train.dist_timeout_minutes: {value} must be > 0")
         if self.lr <= 0:
             raise ConfigError(f"train.lr: {self.lr} must be > 0")
         if len(self.betas) != 2:

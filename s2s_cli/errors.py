@@ -35,3 +35,9 @@ class StorageError(S2SError):
 
 class InUseError(S2SError):
     """Another process holds the lock on a save directory or dataset destination (exit status 1)."""
+
+
+class LostPeersError(S2SError):
+    """A distributed run's collective failed: another process or node died, the network failed,
+    or a peer stayed silent past ``train.dist_timeout_minutes`` (exit status 1). The last
+    checkpoint is left as it was; the same command resumes from it."""

@@ -39,8 +39,13 @@ def is_main_process() -> bool:
     return not launched_by_torchrun() or os.environ["RANK"] == "0"
 
 
-def init_distributed(device_kind: str) -> DistributedContext:
-    """Join the process group torchrun set up; a single process needs none."""
+def init_distributed(device_kind: str, timeout_minutes: float = 30.0) -> DistributedContext:
+    """Join the process group torchrun set up; a single process needs none.
+
+    ``timeout_minutes`` bounds how long a collective waits for a silent peer (a node that vanished
+    without closing its connections); it must exceed the longest validation plus checkpoint save,
+    which rank 0 does while the others wait.
+    """
     if not launched_by_torchrun():
         return DistributedContext()
     world_size = int(os.environ["WORLD_SIZE"])
@@ -51,9 +56,30 @@ def init_distributed(device_kind: str) -> DistributedContext:
         backend = "nccl" if device_kind == "cuda" else "gloo"
         if device_kind == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
         owns = True
     return DistributedContext(rank, world_size, local_rank, owns)
+
+
+# What a failed collective says, by backend: gloo when a peer's connection closes or times out,
+# NCCL through its watchdog; torch >= 2.1 also raises torch.distributed.DistError subclasses.
+_COMMUNICATION_FAILURES = (
+    "gloo",
+    "NCCL",
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "Timed out",
+    "timed out",
+)
+
+
+def is_communication_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a collective failing (a peer died, the network went, a timeout)."""
+    dist_error = getattr(dist, "DistError", None)
+    if dist_error is not None and isinstance(err, dist_error):
+        return True
+    return isinstance(err, RuntimeError) and any(s in str(err) for s in _COMMUNICATION_FAILURES)
 
 
 def all_reduce_sum(value: float, context: DistributedContext, device: torch.device) -> float:

@@ -12,7 +12,9 @@ import contextlib
 import dataclasses
 import logging
 import math
+import re
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +38,7 @@ from s2s_cli.data.dataset import Dataset, made_with
 from s2s_cli.data.loader import Batch, collate, prefetch
 from s2s_cli.data.spm import load_processor
 from s2s_cli.device import check_precision, resolve_device
-from s2s_cli.errors import CheckpointError, ConfigError, S2SError
+from s2s_cli.errors import CheckpointError, ConfigError, LostPeersError, S2SError
 from s2s_cli.io import check_writable_dir, remove_stale_temporaries
 from s2s_cli.locking import save_dir_lock
 from s2s_cli.models.build import build_model
@@ -44,6 +46,7 @@ from s2s_cli.training.distributed import (
     all_reduce_tensor,
     any_rank,
     init_distributed,
+    is_communication_failure,
     is_main_process,
     shutdown,
 )
@@ -73,6 +76,7 @@ RESUMABLE = {
     "train.max_nonfinite_updates",
     "train.save_dir",
     "train.best_with_state",
+    "train.dist_timeout_minutes",
 }
 
 
@@ -126,7 +130,7 @@ class TrainingRun:
         console: Any,
     ) -> None:
         self.device = resolve_device(device)
-        self.context = init_distributed(self.device.type)
+        self.context = init_distributed(self.device.type, cfg.train.dist_timeout_minutes)
         if self.device.type == "cuda" and self.context.enabled:
             self.device = torch.device("cuda", self.context.local_rank)
         check_precision(self.device, cfg.train.precision, "train.precision")
@@ -259,6 +263,7 @@ class TrainingRun:
         # The training clock continues from the checkpoint's time (wall time: validations and
         # checkpoints count), so a resumed run can extend train.max_minutes.
         self._clock_origin = time.perf_counter() - self.progress.train_seconds
+        lost_peers: LostPeersError | None = None
         try:
             while not self._finished():
                 epoch_done = self._run_epoch()
@@ -272,8 +277,16 @@ class TrainingRun:
             if self.progress.last_validated != self.progress.updates and self.stop_signal is None:
                 self._validate(scheduled=False)  # the final model always gets a score
             self._save()
+        except Exception as err:
+            if self.context.enabled and is_communication_failure(err):
+                lost_peers = LostPeersError(self._lost_peers_message(err))
+                raise lost_peers from None
+            raise
         finally:
             self._restore_signal_handlers()
+            if lost_peers is not None and threading.current_thread() is threading.main_thread():
+                # torchrun now sends SIGTERM to end the job: let this process say why, then exit 1
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if self.stop_signal is not None:
             name = "SIGINT" if self.stop_signal == signal.SIGINT else "SIGTERM"
             raise TrainingInterrupted(
@@ -296,6 +309,20 @@ class TrainingRun:
             result,
         )
         return result
+
+    def _lost_peers_message(self, err: BaseException) -> str:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", reason)  # gloo's "[.../pair.cc:537] " prefix
+        reason = re.split(r"(?<=\.)\s", reason, maxsplit=1)[0].rstrip(".")  # its first sentence
+        if len(reason) > 160:
+            reason = reason[:157].rsplit(" ", 1)[0] + "..."
+        return (
+            f"rank {self.context.rank} of {self.context.world_size}: lost contact with the other "
+            f"training processes at update {self.progress.updates} (a process or node died, the "
+            f"network failed, or a peer was silent for train.dist_timeout_minutes="
+            f"{self.cfg.train.dist_timeout_minutes:g}): {reason}. Checkpoints so far are in "
+            f"{self.save_dir}; run the same command again on every node to resume"
+        )
 
     def _log_banner(self) -> None:
         """What this run is, before the first log line (which may be minutes away)."""

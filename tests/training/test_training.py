@@ -2,8 +2,11 @@ import json
 import logging
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -427,37 +430,58 @@ def test_validation_tracks_the_best_checkpoint_and_early_stops(tiny_dataset, tmp
     ]
 
 
-@pytest.mark.slow
-def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tiny_dataset, tmp_path):
-    """torchrun with 2 ranks x 1 micro-batch == 1 process with 2 micro-batches per update."""
-    common = [
-        *TINY_MODEL,
-        "train.max_updates=6",
-        "train.max_tokens=600",
-        "train.validate_every=1000",
+DDP_COMMON = [
+    *TINY_MODEL,
+    "train.max_updates=6",
+    "train.max_tokens=600",
+    "train.validate_every=1000",
+]
+DDP_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _train_command(data: Path, save_dir: Path, *overrides: str) -> list[str]:
+    return [
+        "-m",
+        "s2s_cli",
+        "train",
+        "--data",
+        str(data),
+        "--save-dir",
+        str(save_dir),
+        "--device",
+        "cpu",
+        *DDP_COMMON,
+        *overrides,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def one_process_two_micro_batches(tiny_dataset, tmp_path_factory) -> Path:
+    """The reference of the DDP tests: 1 process, update_freq=2 (the same global batch)."""
+    save_dir = tmp_path_factory.mktemp("one-process")
     single = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "s2s_cli",
-            "train",
-            "--data",
-            str(tiny_dataset),
-            "--save-dir",
-            str(tmp_path / "one"),
-            "--device",
-            "cpu",
-            *common,
-            "train.update_freq=2",
-        ],
+        [sys.executable, *_train_command(tiny_dataset, save_dir, "train.update_freq=2")],
         capture_output=True,
         text=True,
-        env=env,
+        env=DDP_ENV,
         check=False,
     )
     assert single.returncode == 0, single.stderr[-2000:]
+    return save_dir / "checkpoint_last.pt"
+
+
+def _assert_same_training(reference: Path, distributed: Path) -> None:
+    a, b = params(reference), params(distributed)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    for path in (reference, distributed):
+        assert load_checkpoint(path).progress.updates == 6
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process_on_the_same_global_batch(
+    tiny_dataset, tmp_path, one_process_two_micro_batches
+):
+    """torchrun with 2 ranks x 1 micro-batch == 1 process with 2 micro-batches per update."""
     torchrun = Path(sys.executable).with_name("torchrun")
     double = subprocess.run(
         [
@@ -465,32 +489,185 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tiny_data
             "--standalone",
             "--nproc-per-node",
             "2",
-            "-m",
-            "s2s_cli",
-            "train",
-            "--data",
-            str(tiny_dataset),
-            "--save-dir",
-            str(tmp_path / "two"),
-            "--device",
-            "cpu",
-            *common,
-            "train.update_freq=1",
+            *_train_command(tiny_dataset, tmp_path / "two", "train.update_freq=1"),
         ],
+        capture_output=True,
+        text=True,
+        env=DDP_ENV,
+        check=False,
+    )
+    assert double.returncode == 0, double.stderr[-2000:]
+    assert double.stdout.strip().endswith(".pt") and double.stdout.count("\n") == 1  # rank 0 prints
+    _assert_same_training(one_process_two_micro_batches, tmp_path / "two" / "checkpoint_last.pt")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_on_torchrun_match_one_process_on_the_same_global_batch(
+    tiny_dataset, tmp_path, one_process_two_micro_batches
+):
+    """Two "nodes" on localhost, each its own torchrun with one process, meeting through the c10d
+    rendezvous as two machines do (docs/distributed.md) == 1 process with update_freq=2. The save
+    directory is shared, as on a shared filesystem; only global rank 0 writes it."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    endpoint = f"127.0.0.1:{_free_port()}"
+    nodes = [
+        subprocess.Popen(
+            [
+                str(torchrun),
+                "--nnodes",
+                "2",
+                "--node-rank",
+                str(rank),
+                "--nproc-per-node",
+                "1",
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                endpoint,
+                "--rdzv-id",
+                "s2s-two-nodes",
+                *_train_command(tiny_dataset, tmp_path / "shared", "train.update_freq=1"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=DDP_ENV,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    for node, (_, stderr) in zip(nodes, outputs):
+        assert node.returncode == 0, stderr[-2000:]
+    # exactly one process (global rank 0, on whichever node) printed the best checkpoint's path
+    printed = [stdout.strip() for stdout, _ in outputs if stdout.strip()]
+    assert len(printed) == 1 and printed[0].endswith(".pt")
+    _assert_same_training(one_process_two_micro_batches, tmp_path / "shared" / "checkpoint_last.pt")
+
+
+def _worker_pids(marker: str, rank: int) -> list[int]:
+    """PIDs of the torchrun workers with this global RANK whose environment carries ``marker``."""
+    wanted = {f"S2S_TEST_MARKER={marker}".encode(), f"RANK={rank}".encode()}
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = set((proc / "environ").read_bytes().split(b"\0"))
+        except OSError:
+            continue
+        if wanted <= environ:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds workers through /proc")
+def test_a_dead_process_ends_its_peer_with_one_line_and_the_same_command_resumes(
+    tiny_dataset, tmp_path
+):
+    """SIGKILL one of two ranks mid-training (a node dying): the other stops at once, not after
+    the 30-minute collective timeout, with one line naming the failure and where to resume from;
+    no traceback from s2s; the checkpoint saved before is intact and the same command resumes."""
+    marker = f"{os.getpid()}-{tmp_path.name}"
+    env = {**DDP_ENV, "S2S_TEST_MARKER": marker}
+    save_dir = tmp_path / "run"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [
+        str(torchrun),
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        *_train_command(
+            tiny_dataset, save_dir, "train.max_epochs=null", "train.save_every=2", "-q"
+        ),
+    ]
+    run = subprocess.Popen(
+        [*command, "train.max_updates=100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    last = save_dir / "checkpoint_last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists():
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1][-2000:]
+        time.sleep(0.2)
+    victims = _worker_pids(marker, rank=1)
+    assert len(victims) == 1
+    started = time.monotonic()
+    os.kill(victims[0], signal.SIGKILL)
+    _, stderr = run.communicate(timeout=120)
+    assert time.monotonic() - started < 60  # no wait for the collective timeout
+    assert run.returncode != 0
+    lost = [line for line in stderr.splitlines() if "lost contact with the other training" in line]
+    assert len(lost) == 1 and lost[0].startswith("error: rank 0 of 2: "), stderr[-3000:]
+    assert "run the same command again on every node to resume" in lost[0]
+    assert "s2s_cli" + os.sep not in stderr  # no traceback frame from s2s (torchrun adds its own)
+    saved = load_checkpoint(last).progress.updates
+    assert saved >= 2
+    again = subprocess.run(
+        [*command, f"train.max_updates={saved + 4}"],
         capture_output=True,
         text=True,
         env=env,
         check=False,
     )
-    assert double.returncode == 0, double.stderr[-2000:]
-    assert double.stdout.strip().endswith(".pt") and double.stdout.count("\n") == 1  # rank 0 prints
-    a, b = (
-        params(tmp_path / "one" / "checkpoint_last.pt"),
-        params(tmp_path / "two" / "checkpoint_last.pt"),
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert load_checkpoint(last).progress.updates == saved + 4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds workers through /proc")
+def test_a_silent_peer_ends_the_run_after_the_dist_timeout(tiny_dataset, tmp_path):
+    """A peer that stops answering without closing its connections (SIGSTOP: a machine gone from
+    the network) ends the others after train.dist_timeout_minutes, with the same one line."""
+    marker = f"{os.getpid()}-{tmp_path.name}"
+    env = {**DDP_ENV, "S2S_TEST_MARKER": marker}
+    save_dir = tmp_path / "run"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    run = subprocess.Popen(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            *_train_command(
+                tiny_dataset,
+                save_dir,
+                "train.max_epochs=null",
+                "train.save_every=2",
+                "train.max_updates=100000",
+                "train.dist_timeout_minutes=0.1",  # 6 seconds
+                "-q",
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
-    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
-    for name in ("one", "two"):
-        assert load_checkpoint(tmp_path / name / "checkpoint_last.pt").progress.updates == 6
+    deadline = time.monotonic() + 120
+    while not (save_dir / "checkpoint_last.pt").exists():
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1][-2000:]
+        time.sleep(0.2)
+    (victim,) = _worker_pids(marker, rank=1)
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        time.sleep(15)  # past the 6 s timeout; then let torchrun's clean-up end the frozen rank
+    finally:
+        os.kill(victim, signal.SIGKILL)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode != 0
+    lost = [line for line in stderr.splitlines() if "lost contact with the other training" in line]
+    assert len(lost) == 1 and lost[0].startswith("error: rank 0 of 2: "), stderr[-3000:]
+    assert "train.dist_timeout_minutes=0.1" in lost[0] and "Timed out" in lost[0]
 
 
 def test_max_minutes_stops_training_and_says_why(tiny_dataset, tmp_path, caplog):
