@@ -26,6 +26,7 @@ from s2s_cli.decoding.scorer import Ensemble
 from s2s_cli.decoding.search import search_all
 from s2s_cli.device import DTYPES, check_precision, resolve_device
 from s2s_cli.errors import CheckpointError, ConfigError, DataError
+from s2s_cli.models.recurrent import cast_for_inference
 
 
 @dataclass
@@ -171,7 +172,7 @@ class Translator:
             check_precision(self.device, precision, "decode.precision")
             dtype = DTYPES[precision]
             self._cast_scorers[precision] = Ensemble(
-                [copy.deepcopy(m).to(dtype) for m in self.models]
+                [cast_for_inference(copy.deepcopy(m), dtype, self.device) for m in self.models]
             )
         return self._cast_scorers[precision]
 

@@ -76,19 +76,41 @@ def run_layer(
 BF16_RNN_ON_CUDA = "fp32"
 
 
+def cast_for_inference(model: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """Cast ``model`` (in place) to ``dtype`` for decoding on ``device``; returns it.
+
+    bf16 on CUDA keeps the recurrent layers' weights in float32, as training does
+    (``BF16_RNN_ON_CUDA == "fp32"``): cuDNN cannot keep bf16 RNN weights in one flat buffer
+    (``torch.backends.cudnn.is_acceptable`` excludes bf16, so ``flatten_parameters`` does nothing),
+    and a call with scattered weights copies them into a fresh buffer first: a copy per layer at
+    every decoding step. :func:`run_rnn` casts the inputs to float32 and the outputs back.
+    """
+    model.to(dtype)
+    if dtype == torch.bfloat16 and device.type == "cuda" and BF16_RNN_ON_CUDA == "fp32":
+        for module in model.modules():
+            if isinstance(module, nn.RNNBase):
+                module.float()  # (re)flattens its weights
+    return model
+
+
 def run_rnn(rnn: nn.RNNBase, inputs: Any, state: RnnState = None) -> tuple[Any, RnnState]:
     """``rnn(inputs, state)``, with bf16 on CUDA never silently computed in fp16.
 
-    ``inputs`` is a batch-first tensor or a ``PackedSequence``. Outputs come back in the dtype
-    the inputs had, so the surrounding (autocast or pre-cast) code is unaffected.
+    ``inputs`` is a batch-first tensor or a ``PackedSequence``. Outputs and the new state come
+    back in the dtype the inputs had, so the surrounding (autocast or pre-cast) code is unaffected.
     """
     data = inputs.data if isinstance(inputs, PackedSequence) else inputs
-    if data.device.type != "cuda":
+    if not _precision_rules_apply(data):
         return rnn(inputs, state)
     dtype = _compute_dtype(rnn.weight_ih_l0.dtype, data)
     if dtype is None:
         return rnn(inputs, state)
     return _call_in(rnn, inputs, state, dtype, data.dtype)
+
+
+def _precision_rules_apply(data: Tensor) -> bool:
+    """CUDA only: on the CPU the plain call is right (a test routes CPU tensors through here)."""
+    return data.device.type == "cuda"
 
 
 def _compute_dtype(weight_dtype: torch.dtype, data: Tensor) -> torch.dtype | None:
@@ -133,7 +155,9 @@ def _call_in(
                 warnings.filterwarnings("ignore", message="RNN module weights are not part")
                 params = {name: p.to(dtype) for name, p in rnn.named_parameters()}
                 output, new_state = functional_call(rnn, params, args)
-    return _cast(output, out_dtype), new_state
+    # the state too comes back in the inputs' dtype: inference without autocast (bf16 weights
+    # around float32 RNNs, cast_for_inference) must not meet a float32 state in a bf16 layer
+    return _cast(output, out_dtype), _cast_state(new_state, out_dtype)
 
 
 def _cast(x: Any, dtype: torch.dtype) -> Any:

@@ -76,19 +76,8 @@ VARIANTS = [
 ]
 
 
-@pytest.mark.parametrize(("cell", "attention", "feeding"), VARIANTS)
-def test_fp32_training_step_matches_the_cpu(tiny_dataset, device, cell, attention, feeding):
-    """Loss and every gradient of one fp32 step agree with the CPU (TF32 stays off)."""
-    cfg = load_config(
-        overrides=[
-            *TINY_MODEL,
-            f"model.cell={cell}",
-            f"model.attention={attention}",
-            "model.hidden_size=64",
-            "model.encoder_hidden_size=64",
-            f"model.input_feeding={str(feeding).lower()}",
-        ]
-    ).model
+def _assert_step_matches_the_cpu(cfg, tiny_dataset, device) -> None:
+    """Loss and every gradient of one fp32 step on ``device`` agree with the CPU's."""
     batch = collate(Dataset(tiny_dataset).split("train"), np.arange(24))
     results = []
     for where in (torch.device("cpu"), device):
@@ -103,6 +92,22 @@ def test_fp32_training_step_matches_the_cpu(tiny_dataset, device, cell, attentio
     for name, grad in cpu_grads.items():
         scale = grad.abs().max().item() + 1e-8
         assert (gpu_grads[name] - grad).abs().max().item() <= 1e-4 * scale, name
+
+
+@pytest.mark.parametrize(("cell", "attention", "feeding"), VARIANTS)
+def test_fp32_training_step_matches_the_cpu(tiny_dataset, device, cell, attention, feeding):
+    """Loss and every gradient of one fp32 step agree with the CPU (TF32 stays off)."""
+    cfg = load_config(
+        overrides=[
+            *TINY_MODEL,
+            f"model.cell={cell}",
+            f"model.attention={attention}",
+            "model.hidden_size=64",
+            "model.encoder_hidden_size=64",
+            f"model.input_feeding={str(feeding).lower()}",
+        ]
+    ).model
+    _assert_step_matches_the_cpu(cfg, tiny_dataset, device)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -122,20 +127,7 @@ def test_fp32_stacked_encoder_step_matches_the_cpu(
             "model.bridge=last",
         ]
     ).model
-    batch = collate(Dataset(tiny_dataset).split("train"), np.arange(24))
-    results = []
-    for where in (torch.device("cpu"), device):
-        torch.manual_seed(0)
-        model = build_model(cfg, 48, 48).to(where)
-        loss, _ = LossModule(model, 0.1)(*batch.to(where)[:4])
-        loss.backward()
-        grads = {n: p.grad.detach().cpu() for n, p in model.named_parameters()}
-        results.append((loss.item(), grads))
-    (cpu_loss, cpu_grads), (gpu_loss, gpu_grads) = results
-    assert gpu_loss == pytest.approx(cpu_loss, rel=1e-5)
-    for name, grad in cpu_grads.items():
-        scale = grad.abs().max().item() + 1e-8
-        assert (gpu_grads[name] - grad).abs().max().item() <= 1e-4 * scale, name
+    _assert_step_matches_the_cpu(cfg, tiny_dataset, device)
 
 
 def test_the_optimizer_on_cuda_is_fused_and_updates_as_the_cpu_does(device):

@@ -566,6 +566,49 @@ def _worker_pids(marker: str, rank: int) -> list[int]:
     return pids
 
 
+def _endless_two_rank_run(
+    tiny_dataset: Path, tmp_path: Path, *overrides: str
+) -> tuple[subprocess.Popen, list[str], int]:
+    """Start 2 gloo ranks on an endless run (a checkpoint every 2 updates) and wait for the
+    first checkpoint. Returns the torchrun process, its command (without train.max_updates) and
+    the PID of the rank-1 worker."""
+    marker = f"{os.getpid()}-{tmp_path.name}"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [
+        str(torchrun),
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        *_train_command(
+            tiny_dataset, tmp_path / "run", "train.max_epochs=null", "train.save_every=2", "-q"
+        ),
+        *overrides,
+    ]
+    env = {**DDP_ENV, "S2S_TEST_MARKER": marker}
+    run = subprocess.Popen(
+        [*command, "train.max_updates=100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run" / "checkpoint_last.pt").exists():
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1][-2000:]
+        time.sleep(0.2)
+    (rank_1,) = _worker_pids(marker, rank=1)
+    return run, command, rank_1
+
+
+def _lost_contact_line(run: subprocess.Popen, stderr: str) -> str:
+    """The one line s2s ends a distributed run with when a peer is lost (rank 0's)."""
+    assert run.returncode != 0
+    lost = [line for line in stderr.splitlines() if "lost contact with the other training" in line]
+    assert len(lost) == 1 and lost[0].startswith("error: rank 0 of 2: "), stderr[-3000:]
+    assert "s2s_cli" + os.sep not in stderr  # no traceback frame from s2s (torchrun adds its own)
+    return lost[0]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds workers through /proc")
 def test_a_dead_process_ends_its_peer_with_one_line_and_the_same_command_resumes(
@@ -574,49 +617,20 @@ def test_a_dead_process_ends_its_peer_with_one_line_and_the_same_command_resumes
     """SIGKILL one of two ranks mid-training (a node dying): the other stops at once, not after
     the 30-minute collective timeout, with one line naming the failure and where to resume from;
     no traceback from s2s; the checkpoint saved before is intact and the same command resumes."""
-    marker = f"{os.getpid()}-{tmp_path.name}"
-    env = {**DDP_ENV, "S2S_TEST_MARKER": marker}
-    save_dir = tmp_path / "run"
-    torchrun = Path(sys.executable).with_name("torchrun")
-    command = [
-        str(torchrun),
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        *_train_command(
-            tiny_dataset, save_dir, "train.max_epochs=null", "train.save_every=2", "-q"
-        ),
-    ]
-    run = subprocess.Popen(
-        [*command, "train.max_updates=100000"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    last = save_dir / "checkpoint_last.pt"
-    deadline = time.monotonic() + 120
-    while not last.exists():
-        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1][-2000:]
-        time.sleep(0.2)
-    victims = _worker_pids(marker, rank=1)
-    assert len(victims) == 1
+    run, command, rank_1 = _endless_two_rank_run(tiny_dataset, tmp_path)
     started = time.monotonic()
-    os.kill(victims[0], signal.SIGKILL)
+    os.kill(rank_1, signal.SIGKILL)
     _, stderr = run.communicate(timeout=120)
     assert time.monotonic() - started < 60  # no wait for the collective timeout
-    assert run.returncode != 0
-    lost = [line for line in stderr.splitlines() if "lost contact with the other training" in line]
-    assert len(lost) == 1 and lost[0].startswith("error: rank 0 of 2: "), stderr[-3000:]
-    assert "run the same command again on every node to resume" in lost[0]
-    assert "s2s_cli" + os.sep not in stderr  # no traceback frame from s2s (torchrun adds its own)
+    assert "run the same command again on every node to resume" in _lost_contact_line(run, stderr)
+    last = tmp_path / "run" / "checkpoint_last.pt"
     saved = load_checkpoint(last).progress.updates
     assert saved >= 2
     again = subprocess.run(
         [*command, f"train.max_updates={saved + 4}"],
         capture_output=True,
         text=True,
-        env=env,
+        env=DDP_ENV,
         check=False,
     )
     assert again.returncode == 0, again.stderr[-2000:]
@@ -628,46 +642,19 @@ def test_a_dead_process_ends_its_peer_with_one_line_and_the_same_command_resumes
 def test_a_silent_peer_ends_the_run_after_the_dist_timeout(tiny_dataset, tmp_path):
     """A peer that stops answering without closing its connections (SIGSTOP: a machine gone from
     the network) ends the others after train.dist_timeout_minutes, with the same one line."""
-    marker = f"{os.getpid()}-{tmp_path.name}"
-    env = {**DDP_ENV, "S2S_TEST_MARKER": marker}
-    save_dir = tmp_path / "run"
-    torchrun = Path(sys.executable).with_name("torchrun")
-    run = subprocess.Popen(
-        [
-            str(torchrun),
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            *_train_command(
-                tiny_dataset,
-                save_dir,
-                "train.max_epochs=null",
-                "train.save_every=2",
-                "train.max_updates=100000",
-                "train.dist_timeout_minutes=0.1",  # 6 seconds
-                "-q",
-            ),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+    run, _, rank_1 = _endless_two_rank_run(
+        tiny_dataset,
+        tmp_path,
+        "train.dist_timeout_minutes=0.1",  # 6 seconds
     )
-    deadline = time.monotonic() + 120
-    while not (save_dir / "checkpoint_last.pt").exists():
-        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1][-2000:]
-        time.sleep(0.2)
-    (victim,) = _worker_pids(marker, rank=1)
-    os.kill(victim, signal.SIGSTOP)
+    os.kill(rank_1, signal.SIGSTOP)
     try:
-        time.sleep(15)  # past the 6 s timeout; then let torchrun's clean-up end the frozen rank
+        time.sleep(15)  # past the 6 s timeout; then end the frozen rank for torchrun
     finally:
-        os.kill(victim, signal.SIGKILL)
+        os.kill(rank_1, signal.SIGKILL)
     _, stderr = run.communicate(timeout=120)
-    assert run.returncode != 0
-    lost = [line for line in stderr.splitlines() if "lost contact with the other training" in line]
-    assert len(lost) == 1 and lost[0].startswith("error: rank 0 of 2: "), stderr[-3000:]
-    assert "train.dist_timeout_minutes=0.1" in lost[0] and "Timed out" in lost[0]
+    line = _lost_contact_line(run, stderr)
+    assert "train.dist_timeout_minutes=0.1" in line and "Timed out" in line
 
 
 def test_max_minutes_stops_training_and_says_why(tiny_dataset, tmp_path, caplog):

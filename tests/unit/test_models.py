@@ -403,3 +403,35 @@ def test_cuda_rnn_precision_rules(
     monkeypatch.setattr(recurrent, "cudnn_rnn_supports", lambda dtype, device: bf16_rnn)
     data = torch.zeros(1, dtype=dtypes[inputs])
     assert recurrent._compute_dtype(dtypes[weights], data) == dtypes[expected]
+
+
+@pytest.mark.parametrize(
+    ("bridge", "peeky", "feeding"), [("bridge", True, True), ("last", False, False)]
+)
+def test_bf16_decoding_around_float32_recurrent_layers(monkeypatch, bridge, peeky, feeding):
+    """What bf16 decoding runs on CUDA (cast_for_inference: bf16 weights, float32 recurrent
+    layers, since cuDNN cannot keep bf16 RNN weights flat), routed through run_rnn's CUDA rules
+    on the CPU: every layer meets inputs of its own dtype, and the logits agree with float32."""
+    import copy
+    import warnings
+
+    from s2s_cli.models import recurrent
+
+    model = model_for(
+        encoder_layers=2, decoder_layers=2, bridge=bridge, peeky=peeky, input_feeding=feeding
+    )
+    cast = recurrent.cast_for_inference(copy.deepcopy(model), torch.bfloat16, torch.device("cuda"))
+    for name, param in cast.named_parameters():
+        recurrent_weight = ".stacks." in name or ".rnn." in name
+        assert param.dtype == (torch.float32 if recurrent_weight else torch.bfloat16), name
+    on_cpu = recurrent.cast_for_inference(copy.deepcopy(model), torch.bfloat16, torch.device("cpu"))
+    assert {p.dtype for p in on_cpu.parameters()} == {torch.bfloat16}  # oneDNN runs bf16 RNNs
+    monkeypatch.setattr(recurrent, "_precision_rules_apply", lambda data: True)
+    cast.encoder.impl = "packed"  # the CUDA encoder (the CPU one runs oneDNN without the rules)
+    src, lengths, tgt_in = batch()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.autocast("cuda", enabled=False) without CUDA
+        reduced, _ = step_logits(cast, src, lengths, tgt_in)
+        full, _ = step_logits(model, src, lengths, tgt_in)
+    assert reduced.dtype == torch.bfloat16
+    assert torch.allclose(reduced.float(), full, atol=0.05, rtol=0.05)

@@ -164,7 +164,7 @@ def test_rnn_cast_call_computes_in_the_requested_dtype_and_reaches_fp32_weights(
     rnn = torch.nn.LSTM(8, 16, batch_first=True)
     x = torch.randn(3, 5, 8)
     out, (h, _) = _call_in(rnn, x, None, torch.bfloat16, torch.float32)
-    assert out.dtype == torch.float32 and h.dtype == torch.bfloat16
+    assert out.dtype == torch.float32 and h.dtype == torch.float32  # back in the inputs' dtype
     reference = torch.nn.LSTM(8, 16, batch_first=True)
     reference.load_state_dict(rnn.state_dict())
     expected, _ = reference.to(torch.bfloat16)(x.to(torch.bfloat16))
