@@ -12,6 +12,7 @@ import os
 import random
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -370,6 +371,28 @@ def test_reduced_precision_decoding_keeps_the_toy_accuracy(translators, sentence
     fp32 = accuracy(on_gpu.translate(sentences, beam=5), sentences)
     reduced = accuracy(on_gpu.translate(sentences, beam=5, precision=precision), sentences)
     assert reduced >= fp32 - 5.0
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_decoding_keeps_the_recurrent_weights_flat(
+    translators, sentences, precision
+):
+    """cuDNN flattens fp16 RNN weights but not bf16 ones, so bf16 decoding keeps its recurrent
+    layers in float32: no call may find its weights scattered (a copy of them at every step)."""
+    _, on_gpu = translators
+    if on_gpu.device.type != "cuda":
+        pytest.skip("weight flattening is cuDNN's")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        on_gpu.translate(sentences[:8], beam=5, precision=precision)
+    assert not [w for w in caught if "not part of single contiguous chunk" in str(w.message)]
+    # (the warning may be issued once per process: check the weights themselves too)
+    for model in on_gpu._scorer(precision).models:
+        rnns = [m for m in model.modules() if isinstance(m, torch.nn.RNNBase)]
+        assert rnns
+        for rnn in rnns:
+            storages = {w.untyped_storage().data_ptr() for w in rnn._flat_weights}
+            assert len(storages) == 1, f"{type(rnn).__name__} weights are not one flat buffer"
 
 
 def test_real_model_reduced_precision_bleu_within_0_2_of_fp32(device):
