@@ -63,7 +63,7 @@ mkdir -p "$work/tests" "$work/bench"
 
 train_sizes=()
 [ "${DRY:-0}" = 1 ] && train_sizes=(--updates 2 --gnmt-updates 1 --gnmt-sentences 2)
-stage "training benchmark" 120 python3 benchmarks/gpu.py train --profile "${dry[@]}" "${train_sizes[@]}" \
+stage "training benchmark" 150 python3 benchmarks/gpu.py train --profile --interleave 5 "${dry[@]}" "${train_sizes[@]}" \
   --data gpu_data/multi30k-en-de-bpe8000 --out "$work/bench/train.json"
 
 # The recipe, seeds 1 and 2 side by side, each in its own process (the GPU is launch-bound at this
