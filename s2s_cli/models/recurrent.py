@@ -35,9 +35,9 @@ def has_cell_state(cell: str) -> bool:
     return issubclass(RNN_CLASSES[cell], nn.LSTM)
 
 
-# The functional forms nn.RNNBase.forward calls, by ``rnn.mode``.
+# The functional forms nn.RNNBase.forward calls, by ``rnn.mode`` (LSTM's, torch.lstm, returns
+# its two states apart and is called by name).
 _LAYER_FUNCTIONS = {
-    "LSTM": torch.lstm,
     "GRU": torch.gru,
     "RNN_TANH": torch.rnn_tanh,
     "RNN_RELU": torch.rnn_relu,

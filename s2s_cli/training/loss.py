@@ -41,8 +41,9 @@ def label_smoothed_nll(
     loss = (1.0 - epsilon) * nll + epsilon * -lprobs.mean(dim=-1) if epsilon > 0 else nll
     if weight is not None:
         # where(), not a product: a padding row's loss must not leak NaN or inf into the sum
-        loss = torch.where(weight.bool(), loss, 0.0)
-        nll = torch.where(weight.bool(), nll, 0.0)
+        counts = weight.bool()
+        loss = torch.where(counts, loss, 0.0)
+        nll = torch.where(counts, nll, 0.0)
     return loss.sum(), nll.sum().detach()
 
 

@@ -381,7 +381,7 @@ def test_reduced_precision_decoding_keeps_the_recurrent_weights_flat(
     layers in float32: no call may find its weights scattered (a copy of them at every step)."""
     _, on_gpu = translators
     if on_gpu.device.type != "cuda":
-        pytest.skip("weight flattening is cuDNN's")
+        pytest.skip("needs CUDA: only cuDNN keeps RNN weights in one flat buffer")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         on_gpu.translate(sentences[:8], beam=5, precision=precision)

@@ -610,7 +610,9 @@ def _lost_contact_line(run: subprocess.Popen, stderr: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds workers through /proc")
+@pytest.mark.skipif(
+    not Path("/proc/self/environ").exists(), reason="needs Linux /proc to find the worker"
+)
 def test_a_dead_process_ends_its_peer_with_one_line_and_the_same_command_resumes(
     tiny_dataset, tmp_path
 ):
@@ -638,7 +640,9 @@ def test_a_dead_process_ends_its_peer_with_one_line_and_the_same_command_resumes
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds workers through /proc")
+@pytest.mark.skipif(
+    not Path("/proc/self/environ").exists(), reason="needs Linux /proc to find the worker"
+)
 def test_a_silent_peer_ends_the_run_after_the_dist_timeout(tiny_dataset, tmp_path):
     """A peer that stops answering without closing its connections (SIGSTOP: a machine gone from
     the network) ends the others after train.dist_timeout_minutes, with the same one line."""
