@@ -77,7 +77,9 @@ class TrainingState:
 class Checkpoint:
     """Everything a checkpoint holds, typed; the one reader and writer of the on-disk payload.
 
-    ``training`` is None for checkpoints made to translate (``s2s average``).
+    ``training`` is None for checkpoints made to translate (``s2s average``, ``s2s export``).
+    ``int8_scales`` is set by ``s2s export --format int8``: the named weight matrices in
+    ``model`` are int8, one float scale per row (``weight = int8 * scale[:, None]``).
     """
 
     config: ExperimentConfig
@@ -90,6 +92,7 @@ class Checkpoint:
     s2s_version: str = __version__
     data_dir: str | None = None
     averaged_from: list[str] | None = None
+    int8_scales: dict[str, torch.Tensor] | None = None
     path: Path | None = field(default=None, compare=False)  # where it was loaded from
     digest: str | None = field(default=None, compare=False)  # verified on load; None: had none
 
@@ -112,6 +115,8 @@ class Checkpoint:
             out.update(optimizer=t.optimizer, schedule=t.schedule, scaler=t.scaler, rng=t.rng)
         if self.averaged_from is not None:
             out["averaged_from"] = list(self.averaged_from)
+        if self.int8_scales is not None:
+            out["int8_scales"] = self.int8_scales
         out[DIGEST_KEY] = payload_digest(out)
         return out
 
@@ -136,6 +141,7 @@ class Checkpoint:
                 s2s_version=payload.get("s2s_version", "unknown"),
                 data_dir=payload.get("data_dir"),
                 averaged_from=payload.get("averaged_from"),
+                int8_scales=payload.get("int8_scales"),
                 path=path,
                 digest=payload.get(DIGEST_KEY),
             )
@@ -319,10 +325,24 @@ def model_from_checkpoint(
     vocab = checkpoint.vocab
     try:
         model = build_model(checkpoint.config.model, vocab.src_size, vocab.tgt_size)
-        model.load_state_dict(checkpoint.model)
+        model.load_state_dict(float_weights(checkpoint))
     except (RuntimeError, ConfigError) as err:
         reason = str(err).strip().splitlines()[0][:160]
         raise CheckpointError(
             f"{checkpoint.path}: weights do not match its config ({reason})"
         ) from None
     return model.to(device).eval()
+
+
+def float_weights(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
+    """The model's weights as floating-point tensors (an int8 export's rows times their scales)."""
+    scales = checkpoint.int8_scales
+    if not scales:
+        return checkpoint.model
+    try:
+        return {
+            key: value.float() * scales[key].float().unsqueeze(1) if key in scales else value
+            for key, value in checkpoint.model.items()
+        }
+    except (RuntimeError, AttributeError) as err:
+        raise CheckpointError(f"{checkpoint.path}: malformed int8 weights ({err})") from None

@@ -46,4 +46,5 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
         "progress": asdict(checkpoint.progress),
         "best": {} if checkpoint.best is None else asdict(checkpoint.best),
         "averaged_from": checkpoint.averaged_from,
+        "weights": "int8" if checkpoint.int8_scales else "float",
     }

@@ -233,7 +233,8 @@ class DecodeConfig:
     temperature: float = 1.0  # sampling temperature
     topk: int | None = None  # sample from the k most likely pieces (null: all)
     replace_unk: bool = False  # copy the most-attended source piece for <unk>
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype for decoding
+    precision: Literal["fp32", "bf16", "fp16", "int8"] = "fp32"  # autocast dtype; int8: CPU int8
+    shortlist: str | None = None  # lexical shortlist file (s2s shortlist): score only its pieces
     seed: int = 1  # sampling seed
 
     def __post_init__(self) -> None:

@@ -30,14 +30,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 def check_precision(device: torch.device, precision: str, key: str) -> None:
-    """fp16 needs CUDA: CPU autocast has no fp16 LSTM kernel (bf16 is the CPU choice)."""
+    """fp16 needs CUDA: CPU autocast has no fp16 LSTM kernel (bf16 is the CPU choice). int8
+    (decoding only) is the reverse: PyTorch's dynamic quantization has CPU kernels only."""
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError(f"{key}: fp16 needs a CUDA device; on {device.type} use bf16")
+    if precision == "int8" and device.type != "cpu":
+        raise ConfigError(f"{key}: int8 runs on the CPU (--device cpu); on {device.type} use bf16")
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast for ``bf16``/``fp16``; a no-op for ``fp32``."""
-    if precision == "fp32":
+    """Autocast for ``bf16``/``fp16``; a no-op for ``fp32`` and for ``int8``, whose quantized
+    layers are prepared ahead and whose other arithmetic is float32."""
+    if precision in ("fp32", "int8"):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
 

@@ -4,7 +4,8 @@
 #
 #   MULTI30K=/path/to/multi30k/raw recipes/multi30k/ensemble.sh SRC-TGT RUN_DIR RUN_DIR [...]
 #
-# RUN_DIR is a run.sh work directory (WORK/<pair>-<config>: model/, chosen_checkpoint, *.score.json),
+# RUN_DIR is a run.sh work directory (WORK/<pair>-<config>: model/, chosen_checkpoint,
+# chosen_lenpen, *.score.json),
 # e.g. the same config with train.seed=1, 2, 3. OUT (default ./ensemble-SRC-TGT) receives the
 # hypotheses, scores and summary.md.
 set -euo pipefail
@@ -22,6 +23,8 @@ for file in "$data"/test_*."$src".gz; do
   test=$(basename "$file" ".$src.gz")
   [ -e "$data/$test.$tgt.gz" ] && tests+=("$test")
 done
+# The ensembles decode with the first run's length penalty (chosen on validation by run.sh).
+lenpen=$(cat "$1/chosen_lenpen" 2>/dev/null || echo 1.0)
 for size in $(seq 2 $#); do
   checkpoints=()
   for run in "${@:1:$size}"; do
@@ -30,7 +33,7 @@ for size in $(seq 2 $#); do
   for test in "${tests[@]}"; do
     echo "== ensemble of $size: $test" >&2
     s2s translate "${checkpoints[@]}" -i "$data/$test.$src.gz" -o "$out/$test.ensemble$size.hyp" \
-      --beam 5 -q
+      --beam 5 --lenpen "$lenpen" -q
     s2s score -r "$data/$test.$tgt.gz" -i "$out/$test.ensemble$size.hyp" \
       --metrics bleu,chrf,bleu_tok_lc --format json -q > "$out/$test.ensemble$size.score.json"
   done

@@ -45,8 +45,11 @@ def main() -> None:
     valid = [(r["update"], r["bleu"]) for r in rows if r["kind"] == "valid"]
     minutes = int((work / "train_seconds").read_text()) / 60
     chosen = (work / "chosen_checkpoint").read_text().strip()
+    lenpen_file = work / "chosen_lenpen"  # runs from before the length-penalty choice lack it
+    lenpen = lenpen_file.read_text().strip() if lenpen_file.exists() else "1.0"
     print(
-        f"\n{pair}, {work.name}: {chosen}.pt (the better of averaged/best on validation), beam 5; "
+        f"\n{pair}, {work.name}: {chosen}.pt (the better of averaged/best on validation), beam 5, "
+        f"length penalty {lenpen} (chosen on validation); "
         f"trained {minutes:.1f} min "
         f"on {platform.machine()} ({len(valid)} validations, best valid BLEU "
         f"{max(b for _, b in valid):.2f})\n"

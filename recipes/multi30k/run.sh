@@ -57,9 +57,24 @@ for candidate in averaged checkpoint_best; do
 done
 echo "$chosen" > "$work/chosen_checkpoint"
 
+# The length penalty, chosen on the validation set too (beam 5; 1.0 was scored above).
+lenpen=1.0
+for candidate in ${LENPENS:-0.6 1.4}; do
+  s2s translate -c "$work/model/$chosen.pt" -i "$data/val.$src.gz" -o "$work/val.lenpen$candidate.hyp" \
+    --beam 5 --lenpen "$candidate"
+  bleu=$(s2s score -r "$data/val.$tgt.gz" -i "$work/val.lenpen$candidate.hyp" --metrics bleu --format json \
+         | python3 -c 'import json, sys; print(json.load(sys.stdin)["bleu"]["score"])')
+  echo "   length penalty $candidate: validation BLEU $bleu" >&2
+  if python3 -c "import sys; sys.exit(0 if $bleu > $best_bleu else 1)"; then
+    best_bleu=$bleu; lenpen=$candidate
+  fi
+done
+echo "$lenpen" > "$work/chosen_lenpen"
+
 for test in "${tests[@]}"; do
   echo "== translate and score $test" >&2
-  s2s translate -c "$work/model/$chosen.pt" -i "$data/$test.$src.gz" -o "$work/$test.hyp" --beam 5
+  s2s translate -c "$work/model/$chosen.pt" -i "$data/$test.$src.gz" -o "$work/$test.hyp" --beam 5 \
+    --lenpen "$lenpen"
   s2s score -r "$data/$test.$tgt.gz" -i "$work/$test.hyp" --metrics bleu,chrf,bleu_tok_lc \
     --format json > "$work/$test.score.json"
 done

@@ -9,9 +9,11 @@ from typing import Annotated
 import typer
 
 from s2s_cli.cli import average as average_cmd
+from s2s_cli.cli import export as export_cmd
 from s2s_cli.cli import info as info_cmd
 from s2s_cli.cli import preprocess as preprocess_cmd
 from s2s_cli.cli import score as score_cmd
+from s2s_cli.cli import shortlist as shortlist_cmd
 from s2s_cli.cli import train as train_cmd
 from s2s_cli.cli import translate as translate_cmd
 from s2s_cli.cli._common import error, exit_quietly_on_ctrl_c, make_app, tidy_help
@@ -48,6 +50,8 @@ app.command("translate")(translate_cmd.translate)
 app.command("score")(score_cmd.score)
 app.command("average")(average_cmd.average)
 app.command("info")(info_cmd.info)
+app.command("shortlist")(shortlist_cmd.shortlist)
+app.command("export")(export_cmd.export)
 
 
 def command():  # -> click.Group

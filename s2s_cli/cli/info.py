@@ -69,7 +69,7 @@ def _render_checkpoint(report: dict) -> None:
 
     table = Table(
         title=f"{report['path']} (s2s {report['s2s_version']}, format {report['format_version']}, "
-        f"{report['integrity']})"
+        f"{report['integrity']}, {report['weights']} weights)"
     )
     table.add_column("module")
     table.add_column("parameters", justify="right")

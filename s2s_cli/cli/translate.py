@@ -299,7 +299,22 @@ def translate(
             "--precision",
             metavar=config_choices("decode.precision"),
             help=config_help(
-                "Arithmetic precision (autocast).", "decode.precision", from_checkpoint=True
+                "Arithmetic precision (autocast); int8: an int8 decoder (CPU).",
+                "decode.precision",
+                from_checkpoint=True,
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    shortlist: Annotated[
+        str | None,
+        typer.Option(
+            "--shortlist",
+            metavar="FILE",
+            help=config_help(
+                "Score only the pieces of this lexical shortlist (s2s shortlist).",
+                "decode.shortlist",
+                from_checkpoint=True,
             ),
             show_default=False,
         ),

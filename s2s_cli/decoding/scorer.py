@@ -4,6 +4,11 @@ A scorer turns previous tokens into next-token log-probabilities. ``Ensemble([mo
 ordinary case; several models average their log-probabilities (and attention). Searches only ever
 call ``encode``, ``init_state``, ``step``, ``select_encoder`` and ``select_state``, so a scripted
 fake scorer can test them.
+
+``Ensemble.restricted(ids)`` scores only the pieces ``ids`` (a shortlist): its log-probabilities
+have ``K`` columns, column ``k`` being piece ``ids[k]``, and the tokens a search feeds back are
+column numbers, mapped to piece ids before the embedding. ``ids`` is sorted and starts with the
+special pieces, so PAD, UNK, BOS and EOS keep their numbers and every search rule still applies.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from s2s_cli.data.spm import EOS
+from s2s_cli.decoding.output import FullOutput, OutputLayer
 from s2s_cli.models.seq2seq import Seq2Seq
 
 
@@ -35,12 +42,31 @@ class Scorer(Protocol):
 
 
 class Ensemble:
-    """One or more models with the same vocabularies, scored as one (averaged log-probs)."""
+    """One or more models with the same vocabularies, scored as one (averaged log-probs).
 
-    def __init__(self, models: list[Seq2Seq]) -> None:
+    ``outputs`` replace the models' own output layers (int8, or restricted to a shortlist);
+    ``token_ids`` maps the column numbers a restricted ensemble scores to piece ids.
+    """
+
+    def __init__(
+        self,
+        models: list[Seq2Seq],
+        outputs: list[OutputLayer] | None = None,
+        token_ids: Tensor | None = None,
+    ) -> None:
         if not models:
             raise ValueError("an ensemble needs at least one model")
         self.models = models
+        self.outputs: list[OutputLayer] = outputs or [FullOutput(m.decoder) for m in models]
+        if len(self.outputs) != len(models):
+            raise ValueError("an ensemble needs one output layer per model")
+        self.token_ids = token_ids
+
+    def restricted(self, ids: Tensor) -> Ensemble:
+        """This ensemble scoring only the pieces ``ids`` (sorted, specials first); see above."""
+        if ids.numel() <= EOS or ids[: EOS + 1].tolist() != list(range(EOS + 1)):
+            raise ValueError("a restricted vocabulary must start with the special pieces")
+        return Ensemble(self.models, [o.restrict(ids) for o in self.outputs], ids)
 
     def encode(self, src: Tensor, lengths: Tensor) -> list[Any]:
         return [m.encode(src, lengths) for m in self.models]
@@ -52,8 +78,11 @@ class Ensemble:
         self, prev_tokens: Tensor, states: list[Any], encs: list[Any]
     ) -> tuple[Tensor, list[Any], Tensor | None]:
         lprobs, new_states, attentions = [], [], []
-        for model, state, enc in zip(self.models, states, encs, strict=True):
-            logits, state, attention = model.step(prev_tokens, state, enc)
+        if self.token_ids is not None:
+            prev_tokens = self.token_ids.index_select(0, prev_tokens)
+        for model, output, state, enc in zip(self.models, self.outputs, states, encs, strict=True):
+            features, state, attention = model.decoder.step(prev_tokens, state, enc)
+            logits = output(features)
             lprobs.append(torch.log_softmax(logits.float(), dim=-1))
             new_states.append(state)
             attentions.append(attention)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -13,7 +14,8 @@ from s2s_cli.decoding.beam import beam_search
 from s2s_cli.decoding.greedy import greedy_search
 from s2s_cli.decoding.hypothesis import Hypothesis
 from s2s_cli.decoding.sampling import sample
-from s2s_cli.decoding.scorer import Scorer
+from s2s_cli.decoding.scorer import Ensemble, Scorer
+from s2s_cli.decoding.shortlist import Shortlist
 from s2s_cli.device import autocast, check_precision
 
 
@@ -62,21 +64,36 @@ def search_all(
     keep_attention: bool = False,
     generator: torch.Generator | None = None,
     use_autocast: bool = True,
+    shortlist: Shortlist | None = None,
 ) -> list[list[Hypothesis]]:
     """Hypotheses for every sentence (piece ids, no EOS), in input order.
 
     Runs under autocast to ``cfg.precision`` unless ``use_autocast`` is off (for models whose
-    weights were already cast, which saves re-casting the RNN weights at every step).
+    weights were already cast, which saves re-casting the RNN weights at every step). With a
+    ``shortlist`` (and an :class:`Ensemble` scorer) each batch scores only its shortlist's pieces.
     """
     check_precision(device, cfg.precision, "decode.precision")
     results: list[list[Hypothesis]] = [[] for _ in sentences]
     lengths = [len(s) for s in sentences]
     for positions in length_sorted_batches(lengths, cfg.batch_size, cfg.max_tokens):
         src, src_lengths = source_tensor([np.asarray(sentences[p]) for p in positions])
+        src, src_lengths = src.to(device), src_lengths.to(device)
+        batch_scorer, ids = scorer, None
+        if shortlist is not None:
+            assert isinstance(scorer, Ensemble), "a shortlist needs an Ensemble scorer"
+            ids = shortlist.for_batch(src)
+            batch_scorer = scorer.restricted(ids)
         with autocast(device, cfg.precision if use_autocast else "fp32"):
             batch_results = search_batch(
-                scorer, src.to(device), src_lengths.to(device), cfg, keep_attention, generator
+                batch_scorer, src, src_lengths, cfg, keep_attention, generator
             )
+        if ids is not None:
+            batch_results = [_to_piece_ids(hyps, ids.tolist()) for hyps in batch_results]
         for position, hypotheses in zip(positions, batch_results, strict=True):
             results[position] = hypotheses
     return results
+
+
+def _to_piece_ids(hypotheses: list[Hypothesis], ids: list[int]) -> list[Hypothesis]:
+    """A restricted search's hypotheses hold column numbers: make them piece ids."""
+    return [dataclasses.replace(h, tokens=[ids[t] for t in h.tokens]) for h in hypotheses]

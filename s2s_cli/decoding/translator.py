@@ -22,8 +22,11 @@ from s2s_cli.data.spm import SPECIAL_PIECES, load_processor
 from s2s_cli.decoding.alignment import hard_alignment, replace_unknowns
 from s2s_cli.decoding.forced import ReferenceScore, score_references
 from s2s_cli.decoding.hypothesis import Hypothesis
-from s2s_cli.decoding.scorer import Ensemble
+from s2s_cli.decoding.int8 import quantize_int8
+from s2s_cli.decoding.onnx_model import OnnxScorer, is_onnx_export, load_onnx_export
+from s2s_cli.decoding.scorer import Ensemble, Scorer
 from s2s_cli.decoding.search import search_all
+from s2s_cli.decoding.shortlist import Shortlist
 from s2s_cli.device import DTYPES, check_precision, resolve_device
 from s2s_cli.errors import CheckpointError, ConfigError, DataError
 from s2s_cli.models.recurrent import cast_for_inference
@@ -62,14 +65,21 @@ class Translator:
         src_spm: Any,
         tgt_spm: Any,
         device: torch.device,
+        spm_models: tuple[bytes, bytes] | None = None,
+        origin: str = "the model",
+        scorer: Scorer | None = None,
     ) -> None:
+        """``scorer`` replaces the models' ensemble (an ONNX export: ``models`` is empty)."""
         self.models = models
         self.config = config
         self.src_spm = src_spm
         self.tgt_spm = tgt_spm
         self.device = device
-        self.scorer = Ensemble(models)
-        self._cast_scorers: dict[str, Ensemble] = {"fp32": self.scorer}
+        self.spm_models = spm_models  # the serialized SentencePiece models (shortlist checks)
+        self.origin = origin
+        self.scorer: Scorer = scorer if scorer is not None else Ensemble(models)
+        self._cast_scorers: dict[str, Scorer] = {"fp32": self.scorer}
+        self._shortlists: dict[str, Shortlist] = {}
 
     @classmethod
     def from_checkpoint(
@@ -79,6 +89,8 @@ class Translator:
         if not paths:
             raise ConfigError("no checkpoint given")
         device = resolve_device(device) if isinstance(device, str) else device
+        if any(is_onnx_export(p) for p in paths):
+            return cls._from_onnx(paths, device)
         models, spm_models, config = [], None, None
         for path in paths:
             checkpoint = load_checkpoint(path, map_location="cpu")
@@ -96,7 +108,20 @@ class Translator:
         assert spm_models is not None and config is not None
         src_spm = load_processor(spm_models[0], f"{paths[0]} (source SentencePiece model)")
         tgt_spm = load_processor(spm_models[1], f"{paths[0]} (target SentencePiece model)")
-        return cls(models, config, src_spm, tgt_spm, device)
+        return cls(models, config, src_spm, tgt_spm, device, spm_models, str(paths[0]))
+
+    @classmethod
+    def _from_onnx(cls, paths: list[str | Path], device: torch.device) -> Translator:
+        if len(paths) > 1:
+            raise ConfigError(f"{paths[0]}: an ONNX export translates alone, not in an ensemble")
+        if device.type != "cpu":
+            raise ConfigError(f"{paths[0]}: an ONNX export runs on the CPU (--device cpu)")
+        export = load_onnx_export(paths[0])
+        src_spm = load_processor(export.spm["src"], f"{paths[0]} (source SentencePiece model)")
+        tgt_spm = load_processor(export.spm["tgt"], f"{paths[0]} (target SentencePiece model)")
+        spm_models = (export.spm["src"], export.spm["tgt"])
+        scorer = OnnxScorer(export)
+        return cls([], export.config, src_spm, tgt_spm, device, spm_models, str(paths[0]), scorer)
 
     def decode_config(self, **overrides: Any) -> DecodeConfig:
         """The checkpoint's decode settings with ``overrides`` (e.g. ``beam=5``) applied."""
@@ -131,6 +156,7 @@ class Translator:
             keep_attention,
             generator,
             use_autocast=False,
+            shortlist=self._shortlist(cfg.shortlist),
         )
         found = dict(zip(todo, hypotheses, strict=True))
         results = []
@@ -162,19 +188,40 @@ class Translator:
             cfg.max_tokens,
         )
 
-    def _scorer(self, precision: str) -> Ensemble:
-        """The ensemble with weights in ``precision`` (cast once, then reused).
+    def _scorer(self, precision: str) -> Scorer:
+        """The ensemble with weights in ``precision`` (cast or quantized once, then reused).
 
         Inference needs no float32 master weights, and pre-cast weights spare autocast from
         converting every RNN weight at every decoding step.
         """
         if precision not in self._cast_scorers:
+            if not self.models:
+                raise ConfigError(f"decode.precision {precision}: {self.origin} runs in fp32 only")
             check_precision(self.device, precision, "decode.precision")
-            dtype = DTYPES[precision]
-            self._cast_scorers[precision] = Ensemble(
-                [cast_for_inference(copy.deepcopy(m), dtype, self.device) for m in self.models]
-            )
+            if precision == "int8":
+                quantized = [quantize_int8(m) for m in self.models]
+                scorer = Ensemble([m for m, _ in quantized], [out for _, out in quantized])
+            else:
+                dtype = DTYPES[precision]
+                scorer = Ensemble(
+                    [cast_for_inference(copy.deepcopy(m), dtype, self.device) for m in self.models]
+                )
+            self._cast_scorers[precision] = scorer
         return self._cast_scorers[precision]
+
+    def _shortlist(self, path: str | None) -> Shortlist | None:
+        """The shortlist file ``path`` (loaded and checked against the model once), or None."""
+        if path is None:
+            return None
+        if path not in self._shortlists:
+            if not self.models:
+                raise ConfigError(f"decode.shortlist: not available for {self.origin} (ONNX)")
+            shortlist = Shortlist.load(path)
+            if self.spm_models is None:
+                raise ConfigError("decode.shortlist: this translator has no SentencePiece models")
+            shortlist.check_matches(*self.spm_models, path, self.origin)
+            self._shortlists[path] = shortlist
+        return self._shortlists[path]
 
     def _encode(self, lines: Sequence[str], limit: int) -> tuple[list[list[int]], list[bool]]:
         encoded = self.src_spm.encode([line.strip() for line in lines], out_type=int)

@@ -119,6 +119,12 @@ class Decoder(nn.Module):
             return self.pre_output(features), self.embedding.weight, self.output_bias
         return features, self.output_weight, self.output_bias
 
+    def output_matrix(self) -> tuple[Tensor, Tensor]:
+        """``(weight V x E, bias V)`` of the output layer: the (tied) embedding or its own."""
+        weight = self.embedding.weight if self.pre_output is not None else self.output_weight
+        assert weight is not None
+        return weight, self.output_bias
+
     def project(self, features: Tensor) -> Tensor:
         """Output layer: features (any leading shape) -> logits over the target vocabulary."""
         if self.pre_output is not None:

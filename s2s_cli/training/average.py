@@ -47,6 +47,10 @@ def average_checkpoints(paths: list[Path], output: Path) -> Path:
     reference = None
     for path in paths:
         checkpoint = load_checkpoint(path)
+        if checkpoint.int8_scales is not None:
+            raise CheckpointError(
+                f"{path}: an int8 export (s2s export); average the checkpoints it was made from"
+            )
         state = checkpoint.model
         if reference is None:
             reference = checkpoint

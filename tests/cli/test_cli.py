@@ -18,7 +18,16 @@ from s2s_cli.cli import app
 from ..conftest import TINY_MODEL, write_reverse_corpus
 
 runner = CliRunner()
-SUBCOMMANDS = ["preprocess", "train", "translate", "score", "average", "info"]
+SUBCOMMANDS = [
+    "preprocess",
+    "train",
+    "translate",
+    "score",
+    "average",
+    "info",
+    "shortlist",
+    "export",
+]
 
 
 def s2s(*args: str, stdin: str | bytes | None = None, check: bool = False, timeout: float = 300):
@@ -876,3 +885,95 @@ def test_divergence_is_a_one_line_error_with_exit_1(tiny_dataset, tmp_path):
     )
     assert result.returncode == 1
     assert "the optimizer step failed" in one_line_error(result)
+
+
+def test_shortlist_then_int8_translation_with_it(tiny_dataset, trained_checkpoint, tmp_path):
+    """s2s shortlist prints its file; translate takes it with --precision int8; a shortlist of
+    another vocabulary, or a damaged one, is one line naming the file and exit 1."""
+    made = s2s("shortlist", "--data", str(tiny_dataset), "-o", str(tmp_path / "sl.npz"), check=True)
+    assert made.stdout.decode() == f"{tmp_path / 'sl.npz'}\n"
+    assert "of the reference pieces are in their batch's shortlist" in made.stderr.decode()
+    lines = ["one two three", "four five six seven", "nine"]
+    result = s2s(
+        "translate",
+        "-c",
+        str(trained_checkpoint),
+        "--precision",
+        "int8",
+        "--shortlist",
+        str(tmp_path / "sl.npz"),
+        stdin="\n".join(lines) + "\n",
+        check=True,
+    )
+    assert result.stdout.decode().splitlines() == ["THREE TWO ONE", "SEVEN SIX FIVE FOUR", "NINE"]
+    other = preprocess_other_vocabulary(tmp_path)
+    s2s("shortlist", "--data", str(other), "-o", str(tmp_path / "other.npz"), check=True)
+    wrong = s2s(
+        "translate",
+        "-c",
+        str(trained_checkpoint),
+        "--shortlist",
+        str(tmp_path / "other.npz"),
+        stdin="one\n",
+    )
+    assert wrong.returncode == 1
+    assert "other.npz: this shortlist was built for other SentencePiece models" in one_line_error(
+        wrong
+    )
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not really")
+    bad = s2s(
+        "translate",
+        "-c",
+        str(trained_checkpoint),
+        "--shortlist",
+        str(tmp_path / "bad.npz"),
+        stdin="one\n",
+    )
+    assert bad.returncode == 1 and "bad.npz: not an s2s shortlist" in one_line_error(bad)
+
+
+def preprocess_other_vocabulary(tmp_path):
+    raw = write_reverse_corpus(tmp_path / "other-raw", train=200, seed=3)
+    return (
+        s2s(
+            "preprocess",
+            "--src-lang",
+            "src",
+            "--tgt-lang",
+            "tgt",
+            "--train",
+            str(raw / "train"),
+            "--valid",
+            str(raw / "valid"),
+            "--vocab-size",
+            "40",
+            "--dest",
+            str(tmp_path / "other"),
+            check=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
+
+
+def test_export_int8_prints_the_file_that_translate_and_info_take(trained_checkpoint, tmp_path):
+    out = tmp_path / "model.int8.pt"
+    made = s2s("export", "-c", str(trained_checkpoint), "-o", str(out), check=True)
+    assert made.stdout.decode() == f"{out}\n"
+    result = s2s("translate", "-c", str(out), stdin="one two three\n", check=True)
+    assert result.stdout.decode() == "THREE TWO ONE\n"
+    assert "int8 weights" in s2s("info", str(out), check=True).stdout.decode()
+    wrong = s2s("export", "-c", str(trained_checkpoint), "-o", str(out), "--format", "tflite")
+    assert wrong.returncode == 2 and "'tflite' is not one of: int8" in one_line_error(wrong)
+
+
+def test_export_onnx_then_translate_the_directory(trained_checkpoint, tmp_path):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    out = tmp_path / "model-onnx"
+    made = s2s("export", "-c", str(trained_checkpoint), "-o", str(out), "--format", "onnx")
+    assert made.returncode == 0 and made.stdout.decode() == f"{out}\n", made.stderr.decode()
+    assert made.stderr.decode() == ""  # the exporter's C++ warnings stay off the terminal
+    result = s2s("translate", "-c", str(out), stdin="one two three\nnine\n", check=True)
+    assert result.stdout.decode() == "THREE TWO ONE\nNINE\n"
+    bf16 = s2s("translate", "-c", str(out), "--precision", "bf16", stdin="one\n")
+    assert bf16.returncode == 2 and "runs in fp32 only" in one_line_error(bf16)

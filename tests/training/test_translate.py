@@ -169,6 +169,118 @@ def test_bf16_translation_agrees_with_fp32(translator, sentences):
     assert same >= 17
 
 
+@pytest.mark.parametrize("search", [{"beam": 5}, {"beam": 1}, {"sampling": True, "topk": 1}])
+def test_int8_translation_agrees_with_fp32_in_every_search(translator, sentences, search):
+    fp32 = translator.translate(sentences[:20], **search)
+    int8 = translator.translate(sentences[:20], precision="int8", **search)
+    assert sum(a == b for a, b in zip(fp32, int8)) >= 17
+    assert translator._scorer("int8") is translator._scorer("int8")  # quantized once
+
+
+def test_int8_ensembles_and_reference_scores(trained_checkpoint, sentences):
+    pair = Translator.from_checkpoint([trained_checkpoint, trained_checkpoint], device="cpu")
+    single = Translator.from_checkpoint(trained_checkpoint, device="cpu")
+    assert pair.translate(sentences[:10], precision="int8") == single.translate(
+        sentences[:10], precision="int8"
+    )
+    references = single.translate(sentences[:10])
+    fp32 = single.score_references(sentences[:10], references)
+    int8 = single.score_references(sentences[:10], references, precision="int8")
+    for a, b in zip(fp32, int8, strict=True):
+        assert a.pieces == b.pieces and b.logprob == pytest.approx(a.logprob, abs=0.1 * a.pieces)
+
+
+def test_a_shortlist_of_every_piece_changes_nothing_and_a_small_one_stays_inside(
+    translator, sentences, tiny_dataset, tmp_path
+):
+    import dataclasses
+
+    import numpy as np
+
+    from s2s_cli.decoding.shortlist import build_shortlist
+
+    small = build_shortlist(tiny_dataset, per_source=3, frequent=0)
+    vocab = translator.tgt_spm.get_piece_size()
+    everything = dataclasses.replace(small, frequent=np.arange(vocab))  # every piece "frequent"
+    everything.save(tmp_path / "all.npz")
+    full = translator.translate_hypotheses(sentences[:20], beam=5)
+    listed = translator.translate_hypotheses(
+        sentences[:20], beam=5, shortlist=str(tmp_path / "all.npz")
+    )
+    for a, b in zip(full, listed, strict=True):
+        assert a.hypotheses[0].tokens == b.hypotheses[0].tokens
+        assert a.hypotheses[0].score == pytest.approx(b.hypotheses[0].score, abs=1e-4)
+    small.save(tmp_path / "small.npz")
+    hypotheses = translator.translate_hypotheses(
+        sentences[:20], shortlist=str(tmp_path / "small.npz")
+    )
+    results = [h.text for h in hypotheses]
+    batch_src = torch.tensor([p for s in sentences[:20] for p in translator.src_spm.encode(s)])
+    allowed = set(small.for_batch(batch_src.unsqueeze(0)).tolist())  # the one batch's list
+    assert len(allowed) < translator.tgt_spm.get_piece_size()
+    for hypothesis in hypotheses:
+        assert set(hypothesis.hypotheses[0].tokens) <= allowed
+    # three candidates per source piece still translate the reverse task
+    correct = sum(o == " ".join(reversed(s.split())).upper() for s, o in zip(sentences, results))
+    assert correct >= 16, results
+
+
+def test_an_int8_export_is_a_quarter_of_the_weights_and_translates_like_int8(
+    translator, trained_checkpoint, sentences, tmp_path
+):
+    from s2s_cli.checkpoint import load_checkpoint, save_checkpoint
+    from s2s_cli.decoding.int8 import int8_checkpoint, row_scales
+    from s2s_cli.errors import CheckpointError
+    from s2s_cli.training.average import average_checkpoints
+
+    original = load_checkpoint(trained_checkpoint)
+    exported = int8_checkpoint(original)
+    save_checkpoint(exported, tmp_path / "int8.pt")
+    loaded = load_checkpoint(tmp_path / "int8.pt")  # digest verified
+    assert loaded.config.decode.precision == "int8" and loaded.training is None
+
+    def weight_bytes(checkpoint):
+        return sum(t.numel() * t.element_size() for t in checkpoint.model.values())
+
+    scale_bytes = sum(t.numel() * t.element_size() for t in loaded.int8_scales.values())
+    assert weight_bytes(loaded) + scale_bytes <= 0.3 * weight_bytes(original)
+    for key, scale in loaded.int8_scales.items():
+        weight = original.model[key].float()
+        restored = loaded.model[key].float() * scale.unsqueeze(1)
+        assert (restored - weight).abs().max() <= scale.max() / 2 + 1e-7
+        # quantizing the restored rows again gives back the stored integers
+        again = (restored / row_scales(restored).float().unsqueeze(1)).round()
+        assert torch.equal(again, loaded.model[key].float()), key
+    shipped = Translator.from_checkpoint(tmp_path / "int8.pt", device="cpu")
+    int8 = translator.translate(sentences[:20], precision="int8")
+    assert sum(a == b for a, b in zip(shipped.translate(sentences[:20]), int8)) >= 17
+    with pytest.raises(CheckpointError, match="already an int8 export"):
+        int8_checkpoint(loaded)
+    with pytest.raises(CheckpointError, match="int8.pt: an int8 export"):
+        average_checkpoints([tmp_path / "int8.pt", trained_checkpoint], tmp_path / "avg.pt")
+
+
+def test_an_onnx_export_translates_the_test_set_exactly_like_the_model(
+    translator, trained_checkpoint, tiny_dataset, tmp_path
+):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from s2s_cli.checkpoint import load_checkpoint
+    from s2s_cli.data.dataset import Dataset
+    from s2s_cli.decoding.onnx_model import export_onnx
+    from s2s_cli.io import read_lines
+
+    export_onnx(load_checkpoint(trained_checkpoint), tmp_path / "onnx")
+    onnx = Translator.from_checkpoint(tmp_path / "onnx", device="cpu")
+    lines = list(read_lines(Dataset(tiny_dataset).raw_text_path("test", "src")))
+    for options in ({"beam": 5, "nbest": 2}, {"beam": 1}):
+        want = translator.translate_hypotheses(lines, **options)
+        got = onnx.translate_hypotheses(lines, **options)
+        for a, b in zip(want, got, strict=True):
+            assert [h.text for h in a.hypotheses] == [h.text for h in b.hypotheses]
+            for ha, hb in zip(a.hypotheses, b.hypotheses, strict=True):
+                assert ha.score == pytest.approx(hb.score, abs=1e-4)
+
+
 def test_reference_scores_equal_the_teacher_forced_validation_loss(
     tiny_dataset, trained_checkpoint
 ):
