@@ -43,31 +43,32 @@ SECONDS=0
 s2s train "$config" --data "$work/data" --save-dir "$work/model" "${extra[@]}" >/dev/null
 echo "$SECONDS" > "$work/train_seconds"
 
+# valid_bleu NAME CHECKPOINT [TRANSLATE OPTIONS]: beam-5 validation BLEU, stored as $bleu;
+# is_better: whether it beats $best_bleu
+valid_bleu() {
+  local name=$1 checkpoint=$2
+  shift 2
+  s2s translate -c "$checkpoint" -i "$data/val.$src.gz" -o "$work/val.$name.hyp" --beam 5 "$@"
+  bleu=$(s2s score -r "$data/val.$tgt.gz" -i "$work/val.$name.hyp" --metrics bleu --format json \
+         | python3 -c 'import json, sys; print(json.load(sys.stdin)["bleu"]["score"])')
+  echo "   $name: validation BLEU $bleu" >&2
+}
+is_better() { python3 -c "import sys; sys.exit(0 if $bleu > $best_bleu else 1)"; }
+
 echo "== average the last 5 checkpoints; keep it or the best checkpoint, by validation BLEU" >&2
 s2s average --save-dir "$work/model" --last 5 -o "$work/model/averaged.pt" >/dev/null
 best_bleu=-1
 for candidate in averaged checkpoint_best; do
-  s2s translate -c "$work/model/$candidate.pt" -i "$data/val.$src.gz" -o "$work/val.$candidate.hyp" --beam 5
-  bleu=$(s2s score -r "$data/val.$tgt.gz" -i "$work/val.$candidate.hyp" --metrics bleu --format json \
-         | python3 -c 'import json, sys; print(json.load(sys.stdin)["bleu"]["score"])')
-  echo "   $candidate: validation BLEU $bleu" >&2
-  if python3 -c "import sys; sys.exit(0 if $bleu > $best_bleu else 1)"; then
-    best_bleu=$bleu; chosen=$candidate
-  fi
+  valid_bleu "$candidate" "$work/model/$candidate.pt"
+  if is_better; then best_bleu=$bleu; chosen=$candidate; fi
 done
 echo "$chosen" > "$work/chosen_checkpoint"
 
 # The length penalty, chosen on the validation set too (beam 5; 1.0 was scored above).
 lenpen=1.0
 for candidate in ${LENPENS:-0.6 1.4}; do
-  s2s translate -c "$work/model/$chosen.pt" -i "$data/val.$src.gz" -o "$work/val.lenpen$candidate.hyp" \
-    --beam 5 --lenpen "$candidate"
-  bleu=$(s2s score -r "$data/val.$tgt.gz" -i "$work/val.lenpen$candidate.hyp" --metrics bleu --format json \
-         | python3 -c 'import json, sys; print(json.load(sys.stdin)["bleu"]["score"])')
-  echo "   length penalty $candidate: validation BLEU $bleu" >&2
-  if python3 -c "import sys; sys.exit(0 if $bleu > $best_bleu else 1)"; then
-    best_bleu=$bleu; lenpen=$candidate
-  fi
+  valid_bleu "length-penalty-$candidate" "$work/model/$chosen.pt" --lenpen "$candidate"
+  if is_better; then best_bleu=$bleu; lenpen=$candidate; fi
 done
 echo "$lenpen" > "$work/chosen_lenpen"
 
