@@ -107,10 +107,17 @@ def breakdown(checkpoint: Path, source: list[str], beam: int, precision: str) ->
 
 
 def translate_command(
-    model: Path, src: Path, out: Path, beam: int, precision: str | None, shortlist: Path | None
+    model: Path,
+    src: Path,
+    out: Path,
+    beam: int,
+    precision: str | None,
+    shortlist: Path | None,
+    batch_size: int = 64,
 ) -> list[str]:
+    """``s2s translate`` arguments on the CPU (precision: the model's own when None)."""
     args = ["translate", "-c", str(model), "-i", str(src), "-o", str(out), "--beam", str(beam)]
-    args += ["--batch-size", "64", "--device", "cpu"]
+    args += ["--batch-size", str(batch_size), "--device", "cpu"]
     args += ["--precision", precision] if precision else []
     return args + (["--shortlist", str(shortlist)] if shortlist else [])
 
@@ -255,23 +262,7 @@ def main() -> None:
             for precision in ("fp32", "bf16"):
                 out = Path(tmp) / f"{beam}-{precision}.de"
                 wall, rss = run_measured(
-                    [
-                        "translate",
-                        "-c",
-                        str(args.checkpoint),
-                        "-i",
-                        str(src),
-                        "-o",
-                        str(out),
-                        "--beam",
-                        str(beam),
-                        "--batch-size",
-                        "64",
-                        "--precision",
-                        precision,
-                        "--device",
-                        "cpu",
-                    ],
+                    translate_command(args.checkpoint, src, out, beam, precision, None),
                     stderr=subprocess.DEVNULL,
                 )
                 outputs[(beam, precision)] = out
@@ -284,21 +275,7 @@ def main() -> None:
                 )
         single = Path(tmp) / "batch1.de"
         run_measured(
-            [
-                "translate",
-                "-c",
-                str(args.checkpoint),
-                "-i",
-                str(src),
-                "-o",
-                str(single),
-                "--beam",
-                "5",
-                "--batch-size",
-                "1",
-                "--device",
-                "cpu",
-            ],
+            translate_command(args.checkpoint, src, single, 5, None, None, batch_size=1),
             stderr=subprocess.DEVNULL,
         )
         same = single.read_bytes() == outputs[(5, "fp32")].read_bytes()

@@ -119,11 +119,6 @@ class Shortlist:
         return shortlist
 
 
-def _pairs(sizes: np.ndarray) -> Iterator[range]:
-    for start in range(0, len(sizes), CHUNK_SENTENCES):
-        yield range(start, min(start + CHUNK_SENTENCES, len(sizes)))
-
-
 def _chunk_links(
     src: Sequence[np.ndarray], tgt: Sequence[np.ndarray], tgt_vocab: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +137,9 @@ def _chunk_links(
 
 
 def _chunks(pairs: ParallelSplit) -> Iterator[tuple[list[np.ndarray], list[np.ndarray]]]:
-    for rows in _pairs(pairs.src_sizes):
+    """The split's sentence pairs, CHUNK_SENTENCES at a time (source list, target list)."""
+    for start in range(0, len(pairs), CHUNK_SENTENCES):
+        rows = range(start, min(start + CHUNK_SENTENCES, len(pairs)))
         yield [np.asarray(pairs.src[i]) for i in rows], [np.asarray(pairs.tgt[i]) for i in rows]
 
 
@@ -169,8 +166,7 @@ def build_shortlist(
     tgt_count = np.zeros(tgt_vocab, np.int64)  # occurrences of each target piece
     links = np.zeros(0, np.int64)  # distinct (source, target) keys that co-occur
     for src, tgt in _chunks(pairs):
-        for t in tgt:
-            np.add.at(tgt_count, t.astype(np.int64), 1)
+        tgt_count += np.bincount(np.concatenate(tgt).astype(np.int64), minlength=tgt_vocab)
         keys, _ = _chunk_links(src, tgt, tgt_vocab)
         links = np.union1d(links, keys)
     source_of_link = links // tgt_vocab

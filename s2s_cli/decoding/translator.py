@@ -106,8 +106,7 @@ class Translator:
             config = config or cfg
             models.append(model)
         assert spm_models is not None and config is not None
-        src_spm = load_processor(spm_models[0], f"{paths[0]} (source SentencePiece model)")
-        tgt_spm = load_processor(spm_models[1], f"{paths[0]} (target SentencePiece model)")
+        src_spm, tgt_spm = _processors(spm_models, paths[0])
         return cls(models, config, src_spm, tgt_spm, device, spm_models, str(paths[0]))
 
     @classmethod
@@ -117,9 +116,8 @@ class Translator:
         if device.type != "cpu":
             raise ConfigError(f"{paths[0]}: an ONNX export runs on the CPU (--device cpu)")
         export = load_onnx_export(paths[0])
-        src_spm = load_processor(export.spm["src"], f"{paths[0]} (source SentencePiece model)")
-        tgt_spm = load_processor(export.spm["tgt"], f"{paths[0]} (target SentencePiece model)")
         spm_models = (export.spm["src"], export.spm["tgt"])
+        src_spm, tgt_spm = _processors(spm_models, paths[0])
         scorer = OnnxScorer(export)
         return cls([], export.config, src_spm, tgt_spm, device, spm_models, str(paths[0]), scorer)
 
@@ -249,3 +247,11 @@ class Translator:
             hyp.attention if keep_attention else None,
             alignment if keep_attention else None,
         )
+
+
+def _processors(spm_models: tuple[bytes, bytes], origin: str | Path) -> tuple[Any, Any]:
+    """The source and target SentencePiece processors of serialized models from ``origin``."""
+    return (
+        load_processor(spm_models[0], f"{origin} (source SentencePiece model)"),
+        load_processor(spm_models[1], f"{origin} (target SentencePiece model)"),
+    )

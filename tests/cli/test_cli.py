@@ -933,26 +933,18 @@ def test_shortlist_then_int8_translation_with_it(tiny_dataset, trained_checkpoin
 
 
 def preprocess_other_vocabulary(tmp_path):
+    """A dataset of another corpus, so of other SentencePiece models than the trained model's."""
+    from s2s_cli import load_config, preprocess
+
     raw = write_reverse_corpus(tmp_path / "other-raw", train=200, seed=3)
-    return (
-        s2s(
-            "preprocess",
-            "--src-lang",
-            "src",
-            "--tgt-lang",
-            "tgt",
-            "--train",
-            str(raw / "train"),
-            "--valid",
-            str(raw / "valid"),
-            "--vocab-size",
-            "40",
-            "--dest",
-            str(tmp_path / "other"),
-            check=True,
-        )
-        .stdout.decode()
-        .strip()
+    config = load_config(overrides=["data.vocab_size=40"])
+    return preprocess(
+        src_lang="src",
+        tgt_lang="tgt",
+        train=raw / "train",
+        valid=raw / "valid",
+        dest=tmp_path / "other",
+        config=config,
     )
 
 
