@@ -11,6 +11,9 @@
 #   gpu_data/multi30k-en-de-bpe8000/ `s2s preprocess` of them (joint BPE 8000), for the benchmark
 #
 #   OUT=/some/dir bash benchmarks/gpu_check.sh    # BUDGET_S (default 560) bounds the whole run
+#   DECODE_MODEL=gpu_data/model.pt ...   # decode first, alone on the GPU, with this checkpoint
+#                                        # (the recipe's model size), and not again at the end
+#   TRAIN_BENCH=0 ...                    # leave the training benchmark out
 #   DRY=1 OUT=/tmp/dry bash benchmarks/gpu_check.sh   # the same steps on the CPU, tiny: checks
 #                                                    # the script itself before GPU time is spent
 #
@@ -61,10 +64,30 @@ python3 -c 'import torch, sys; print("python", sys.version.split()[0], "| torch"
   "| gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")'
 mkdir -p "$work/tests" "$work/bench"
 
+decode_sizes=()
+[ "${DRY:-0}" = 1 ] && decode_sizes=(--big-lines 300 --big-batch 64)
+decode_bench() {  # decode_bench CHECKPOINT CAP_S BUDGET_S
+  stage "decoding benchmark" "$2" python3 benchmarks/gpu.py decode "${dry[@]}" "${decode_sizes[@]}" \
+    --checkpoint "$1" --source gpu_data/multi30k/test_2016_flickr.en.gz \
+    --extra gpu_data/multi30k/train.en.gz --budget-s "$3" --profile --out "$work/bench/decode.json"
+}
+real_model_test() {  # real_model_test CHECKPOINT CAP_S: bf16/fp16 decoding against fp32
+  stage "reduced-precision decoding on the Multi30k model" "$2" env "${tests_env[@]}" \
+    S2S_REAL_MODEL="$1" S2S_REAL_SOURCE=gpu_data/multi30k/test_2016_flickr.en.gz \
+    S2S_REAL_REFERENCE=gpu_data/multi30k/test_2016_flickr.de.gz \
+    python3 -m pytest -q -s -m gpu tests/gpu -p no:cacheprovider -k real_model
+}
+if [ -n "${DECODE_MODEL:-}" ]; then
+  decode_bench "$DECODE_MODEL" 150 120
+  real_model_test "$DECODE_MODEL" 40
+fi
+
 train_sizes=()
 [ "${DRY:-0}" = 1 ] && train_sizes=(--updates 2 --gnmt-updates 1 --gnmt-sentences 2)
-stage "training benchmark" 150 python3 benchmarks/gpu.py train --profile --interleave 5 "${dry[@]}" "${train_sizes[@]}" \
-  --data gpu_data/multi30k-en-de-bpe8000 --out "$work/bench/train.json"
+if [ "${TRAIN_BENCH:-1}" = 1 ]; then
+  stage "training benchmark" 150 python3 benchmarks/gpu.py train --profile --interleave 5 "${dry[@]}" "${train_sizes[@]}" \
+    --data gpu_data/multi30k-en-de-bpe8000 --out "$work/bench/train.json"
+fi
 
 # The recipe, seeds 1 and 2 side by side, each in its own process (the GPU is launch-bound at this
 # model size, so the two barely slow each other), and the gpu tests beside them.
@@ -90,22 +113,19 @@ for seed in 1 2; do
   echo "-- seed $seed"
   tail -25 "$work/recipe-seed$seed.log"
   [ -f "$run/model/train.log" ] && grep -E "valid \||stopped|GPU memory|done after" "$run/model/train.log" | tail -30
-  [ -f "$run/chosen_checkpoint" ] && runs+=("$run")
+  [ -f "$run/test_2016_flickr.score.json" ] && runs+=("$run")  # a run that finished
 done
 pack
 if [ ${#runs[@]} -eq 2 ]; then
   stage "ensemble of the two seeds" 60 env MULTI30K="$PWD/gpu_data/multi30k" OUT="$work/ensemble" \
     bash recipes/multi30k/ensemble.sh en-de "${runs[@]}"
 fi
-if [ ${#runs[@]} -ge 1 ]; then
+if [ -n "${DECODE_MODEL:-}" ]; then
+  echo "== decoding measured first, on $DECODE_MODEL"
+elif [ ${#runs[@]} -ge 1 ]; then
   model=${runs[0]}/model/$(cat "${runs[0]}/chosen_checkpoint").pt
-  stage "reduced-precision decoding on the Multi30k model" 40 env "${tests_env[@]}" \
-    S2S_REAL_MODEL="$model" S2S_REAL_SOURCE=gpu_data/multi30k/test_2016_flickr.en.gz \
-    S2S_REAL_REFERENCE=gpu_data/multi30k/test_2016_flickr.de.gz \
-    python3 -m pytest -q -s -m gpu tests/gpu -p no:cacheprovider -k real_model
-  stage "decoding benchmark" 100 python3 benchmarks/gpu.py decode "${dry[@]}" --checkpoint "$model" \
-    --source gpu_data/multi30k/test_2016_flickr.en.gz --extra gpu_data/multi30k/train.en.gz \
-    --budget-s 45 --profile --out "$work/bench/decode.json"
+  real_model_test "$model" 40
+  decode_bench "$model" 100 45
 else
   echo "== no trained model: decoding checks skipped"
 fi

@@ -80,10 +80,11 @@ def beam_search(
     batch = src.size(0)
     device = src.device
     keep_attention = keep_attention or cfg.coverage_penalty != 0.0
+    # One encoder row per sentence, shared by its beams (adjacent rows of the decoder state):
+    # attention reads it once for all of them, and no copies are laid out per beam.
     enc = scorer.encode(src, src_lengths)
-    state = scorer.init_state(enc)
     rows = torch.arange(batch, device=device).repeat_interleave(beam)
-    enc, state = scorer.select_encoder(enc, rows), scorer.select_state(state, rows)
+    state = scorer.select_state(scorer.init_state(enc), rows)
     scores = torch.full((batch, beam), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: keep one so hypotheses stay distinct
     beams = _Beams(
@@ -116,21 +117,18 @@ def beam_search(
             if not stuck[i] and len(finished[sentence]) < beam
         ]
         piece_scores = lprobs[next_rows.view(-1), next_tokens.view(-1)].view_as(next_scores)
-        if len(keep) < len(beams.sentences):
+        if len(keep) < len(beams.sentences):  # sentences leave, with their encoder rows
             index = torch.tensor(keep, dtype=torch.long, device=device)
             next_scores, next_rows = next_scores[index], next_rows[index]
             next_tokens, piece_scores = next_tokens[index], piece_scores[index]
+            if keep:
+                enc = scorer.select_encoder(enc, index)
         # rows: the live hypotheses' parent rows, beam per kept sentence, in sentence order
         rows = next_rows.view(-1)
         beams = beams.select(
             rows, keep, next_scores, next_tokens.view(-1), piece_scores.view(-1), step_attention
         )
-        if keep and len(keep) < len(stuck):  # sentences left: drop their encoder rows too
-            # enc_rows: each kept sentence's first row (all its beams share the encoder output),
-            # repeated once per beam of the new layout
-            enc_rows = (torch.tensor(keep, device=device) * beam).repeat_interleave(beam)
-            enc = scorer.select_encoder(enc, enc_rows)
-        # Beams of one sentence share its encoder rows, so reordering them leaves the encoder
+        # Beams of one sentence share its encoder row, so reordering them leaves the encoder
         # output unchanged: only the decoder state follows the chosen beams.
         state = scorer.select_state(state, rows)
         step += 1

@@ -331,6 +331,7 @@ class OnnxScorer:
         self.signature = export.signature
         # the exporter drops inputs a graph does not read (the summary without peeky)
         self.step_inputs = {i.name for i in self.stepper.get_inputs()}
+        self._repeated: tuple[dict[str, np.ndarray], int, dict[str, np.ndarray]] | None = None
 
     def encode(self, src: Tensor, lengths: Tensor) -> dict[str, np.ndarray]:
         values = self.encoder.run(
@@ -350,7 +351,7 @@ class OnnxScorer:
         self, prev_tokens: Tensor, state: dict[str, np.ndarray], enc: dict[str, np.ndarray]
     ) -> tuple[Tensor, dict[str, np.ndarray], Tensor | None]:
         feeds = {"prev": prev_tokens.cpu().numpy(), **state}
-        feeds.update({name: enc[name] for name in self.signature.encoder_inputs_of_step()})
+        feeds.update(self._encoder_feeds(enc, prev_tokens.size(0)))
         feeds = {name: value for name, value in feeds.items() if name in self.step_inputs}
         values = dict(
             zip(self.signature.step_outputs(), self.stepper.run(None, feeds), strict=True)
@@ -359,6 +360,20 @@ class OnnxScorer:
         lprobs = torch.log_softmax(torch.from_numpy(values["logits"]).float(), dim=-1)
         attention = torch.from_numpy(values["attention"]) if self.signature.attention else None
         return lprobs, new_state, attention
+
+    def _encoder_feeds(self, enc: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        """What a step reads of ``enc``, one row per decoder row: the step graph was exported
+        for equal rows, so a beam search's one row per sentence is repeated for its beams (once
+        per encoder output, not per step)."""
+        names = self.signature.encoder_inputs_of_step()
+        sentences = enc["outputs"].shape[0]
+        if sentences == rows:
+            return {name: enc[name] for name in names}
+        cached = self._repeated
+        if cached is None or cached[0] is not enc or cached[1] != rows:
+            repeated = {name: enc[name].repeat(rows // sentences, axis=0) for name in names}
+            cached = self._repeated = (enc, rows, repeated)
+        return cached[2]
 
     def select_encoder(self, enc: dict[str, np.ndarray], index: Tensor) -> dict[str, np.ndarray]:
         rows = index.cpu().numpy()

@@ -29,11 +29,15 @@ class Scorer(Protocol):
     def init_state(self, enc: Any) -> Any: ...
 
     def step(self, prev_tokens: Tensor, state: Any, enc: Any) -> tuple[Tensor, Any, Tensor | None]:
-        """Log-probabilities ``B x V`` (float32), the new state and attention ``B x S`` or None."""
+        """Log-probabilities ``B x V`` (float32), the new state and attention ``B x S`` or None.
+
+        ``enc`` has ``B`` rows, or one row per ``k`` consecutive rows of ``state`` (beam search
+        keeps one encoder row per sentence, its ``k`` beams adjacent).
+        """
         ...
 
     def select_encoder(self, enc: Any, index: Tensor) -> Any:
-        """The encoder output's rows ``index`` (sentences leaving, beams being laid out)."""
+        """The encoder output's rows ``index`` (sentences leaving the batch)."""
         ...
 
     def select_state(self, state: Any, index: Tensor) -> Any:

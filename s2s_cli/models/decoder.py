@@ -136,7 +136,12 @@ class Decoder(nn.Module):
     def step(
         self, prev_tokens: Tensor, state: DecoderState, enc: EncoderOut
     ) -> tuple[Tensor, DecoderState, Tensor | None]:
-        """One step for previous tokens ``B``: features ``B x F``, the new state, attention."""
+        """One step for previous tokens ``B``: features ``B x F``, the new state, attention.
+
+        ``enc`` may hold one row per ``k`` consecutive rows of ``state`` (a beam search keeps one
+        encoder row per sentence for its ``k`` beams): attention then reads each sentence's
+        encoder output once for all its beams instead of from ``k`` copies.
+        """
         inputs = [self.dropout(self.embedding(prev_tokens))]
         context = weights = None
         if self.attend_first:
@@ -145,7 +150,7 @@ class Decoder(nn.Module):
         if self.input_feeding:
             inputs.append(state.feed)
         if self.peeky:
-            inputs.append(enc.summary)
+            inputs.append(_per_row(enc.summary, prev_tokens.size(0)))
         output, rnn_state = run_rnn(
             self.rnn, torch.cat(inputs, dim=-1).unsqueeze(1), state.rnn_state()
         )
@@ -175,8 +180,16 @@ class Decoder(nn.Module):
 
     def _attend(self, query: Tensor, enc: EncoderOut) -> tuple[Tensor, Tensor]:
         assert self.attention is not None and enc.keys is not None
-        context, weights = self.attention(query.unsqueeze(1), enc.keys, enc.outputs, enc.pad_mask)
-        return context.squeeze(1), weights.squeeze(1)
+        rows, sentences = query.size(0), enc.keys.size(0)
+        if rows == sentences:
+            context, weights = self.attention(
+                query.unsqueeze(1), enc.keys, enc.outputs, enc.pad_mask
+            )
+            return context.squeeze(1), weights.squeeze(1)
+        # a sentence's k beams are its k queries at once (rows = sentences x k, beams adjacent)
+        queries = query.reshape(sentences, rows // sentences, query.size(-1))
+        context, weights = self.attention(queries, enc.keys, enc.outputs, enc.pad_mask)
+        return context.reshape(rows, -1), weights.reshape(rows, -1)
 
     def _attentional(self, hidden: Tensor, context: Tensor | None) -> Tensor:
         if self.combine is None or context is None:
@@ -186,8 +199,16 @@ class Decoder(nn.Module):
     def _features(self, attentional: Tensor, enc: EncoderOut) -> Tensor:
         features = attentional
         if self.peeky:
-            summary = enc.summary
+            summary = _per_row(enc.summary, attentional.size(0))
             if attentional.dim() == 3:
                 summary = summary.unsqueeze(1).expand(-1, attentional.size(1), -1)
             features = torch.cat([attentional, summary], dim=-1)
         return self.dropout(features)
+
+
+def _per_row(summary: Tensor, rows: int) -> Tensor:
+    """The encoder summary (one row per sentence) repeated for ``rows`` rows (a sentence's beams
+    are adjacent)."""
+    if summary.size(0) == rows:
+        return summary
+    return summary.repeat_interleave(rows // summary.size(0), dim=0)

@@ -124,7 +124,8 @@ class SourceScriptedScorer(ScriptedScorer):
 
     def step(self, prev, state, enc):
         rows = []
-        for source, step in zip(enc.tolist(), state.tolist()):
+        sources = enc.repeat_interleave(len(state) // len(enc))  # a row per sentence: its beams
+        for source, step in zip(sources.tolist(), state.tolist(), strict=True):
             script = self.scripts[source]
             rows.append(script[min(step, len(script) - 1)])
         return torch.stack(rows), state + 1, None

@@ -148,6 +148,45 @@ def test_padding_never_changes_a_result(preset):
             assert torch.all(attention[i, :, n:] == 0)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_one_encoder_row_per_sentence_steps_like_a_copy_per_beam(cell, attention):
+    """Beam search keeps one encoder row per sentence for its k adjacent beams: every variant's
+    steps (logits, attention, state) equal those over an encoder output copied per beam."""
+    src, lengths, tgt_in = batch()
+    k = 3
+    beams = torch.arange(src.size(0)).repeat_interleave(k)
+    for placement, feeding, peeky in itertools.product(
+        ["luong", "bahdanau"], [False, True], [False, True]
+    ):
+        model = model_for(
+            cell=cell,
+            attention=attention,
+            encoder_layers=2,
+            decoder_layers=2,
+            attention_placement=placement,
+            input_feeding=feeding,
+            peeky=peeky,
+        )
+        with torch.no_grad():
+            enc = model.encode(src, lengths)
+            copied = enc.select(beams)
+            state = shared_state = model.init_state(enc).select(beams)
+            # beams diverge: each row of a sentence is fed different pieces
+            pieces = torch.randint(4, VOCAB, (tgt_in.size(1), beams.numel()))
+            for t in range(tgt_in.size(1)):
+                expected, state, expected_attention = model.step(pieces[t], state, copied)
+                got, shared_state, got_attention = model.step(pieces[t], shared_state, enc)
+                variant = (placement, feeding, peeky, t)
+                assert torch.allclose(got, expected, atol=1e-6), variant
+                for a, b in zip(shared_state, state, strict=True):
+                    assert (a is None and b is None) or torch.allclose(a, b, atol=1e-6), variant
+                if attention == "none":
+                    assert got_attention is None and expected_attention is None
+                else:
+                    assert torch.allclose(got_attention, expected_attention, atol=1e-6), variant
+
+
 def test_select_reorders_like_decoding_the_reordered_batch():
     for feeding in (False, True):
         model = model_for(attention="general", input_feeding=feeding)
