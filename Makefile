@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # e.g. make TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu" (see DEVELOPERS.md).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast test-gpu lint format docs bench clean
+.PHONY: setup demo test test-fast test-gpu lint format docs bench-peers clean
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,11 @@ lint: setup
 
 docs: setup
 	$(BIN)/python scripts/gen_docs.py
+
+# s2s beside fairseq 0.12 (training) and OpenNMT-py 3.5 (translating) on this machine, in one run;
+# the first run also builds their environments under benchmarks/out/peers/ (docs/benchmarks.md).
+bench-peers: setup
+	TORCH_SPEC="$(TORCH_SPEC)" $(BIN)/python benchmarks/peers.py
 
 clean:
 	rm -rf $(VENV) demo/work .pytest_cache
