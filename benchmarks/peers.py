@@ -242,6 +242,19 @@ def onmt_windows(log_text: str) -> list[tuple[int, float]]:
     ]
 
 
+def run_timed(
+    name: str, command: list[str], env: dict[str, str] | None = None
+) -> tuple[str, float]:
+    """Run ``command``: its stdout + stderr and wall seconds; exits with its log's end if it fails."""
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    text = done.stdout + done.stderr
+    if done.returncode:
+        raise SystemExit(f"{name} failed:\n{text[-3000:]}")
+    return text, wall
+
+
 def train_fairseq(fairseq: Path, data: Path, updates: int, warmup: int) -> dict:
     command = [
         str(fairseq / "bin" / "fairseq-train"), str(data), "--cpu", *FAIRSEQ_MODEL,
@@ -249,12 +262,7 @@ def train_fairseq(fairseq: Path, data: Path, updates: int, warmup: int) -> dict:
         "--log-format", "json", "--disable-validation", "--no-save", "--num-workers", "0",
         "--save-dir", str(PEERS / "fairseq-checkpoints"),  # created even with --no-save
     ]  # fmt: skip
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=peer_env())
-    wall = time.perf_counter() - start
-    text = done.stdout + done.stderr
-    if done.returncode:
-        raise SystemExit(f"fairseq-train failed:\n{text[-3000:]}")
+    text, wall = run_timed("fairseq-train", command, peer_env())
     params = re.search(r"num\. shared model params: ([\d,]+)", text)
     return {
         **steady(fairseq_windows(text), warmup),
@@ -270,11 +278,7 @@ def train_s2s(dataset: Path, overrides: list[str], updates: int, warmup: int, sa
         "--device", "cpu", *S2S_TRAINING, *overrides, f"train.max_updates={updates}",
         "train.log_every=10", "train.validate_every=100000", "train.valid_max_sentences=1",
     ]  # fmt: skip
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode:
-        raise SystemExit(f"s2s train failed:\n{done.stderr[-3000:]}")
+    _, wall = run_timed("s2s train", command)
     rows = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines()]
     windows = [(r["update"], r["tokens_per_s"]) for r in rows if r["kind"] == "train"]
     params = re.search(r"model: ([\d,]+) parameters", (save / "train.log").read_text())
@@ -341,15 +345,9 @@ def train_onmt(opennmt: Path, pieces: Path, updates: int, warmup: int, run: Path
         [str(bin_dir / "onmt_build_vocab"), "-config", str(config), "-n_sample", "-1"],
         check=True, capture_output=True, env=peer_env(),
     )  # fmt: skip
-    start = time.perf_counter()
-    done = subprocess.run(
-        [str(bin_dir / "onmt_train"), "-config", str(config)],
-        capture_output=True, text=True, env=peer_env(),
-    )  # fmt: skip
-    wall = time.perf_counter() - start
-    text = done.stdout + done.stderr
-    if done.returncode:
-        raise SystemExit(f"onmt_train failed:\n{text[-3000:]}")
+    text, wall = run_timed(
+        "onmt_train", [str(bin_dir / "onmt_train"), "-config", str(config)], peer_env()
+    )
     params = re.search(r"number of parameters: (\d+)", text)
     return {
         **steady(onmt_windows(text), warmup),
