@@ -46,6 +46,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH_MODEL, OUT, benchmark_dataset, data_dir_argument, gemm_rate, machine
 
+from s2s_cli.io import read_lines
+
 PEERS = OUT / "peers"
 # the torch both peers get: the same as s2s's (make passes its TORCH_SPEC)
 TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0").split()
@@ -447,7 +449,7 @@ def main() -> None:
     pieces = piece_files(args.multi30k, dataset)
     fairseq_bin = fairseq_data(fairseq, pieces)
     source = args.multi30k / "test_2016_flickr.en.gz"
-    references = detokenized(pieces / "test.de", dataset / "spm.model", pieces=True)
+    references = list(read_lines(args.multi30k / "test_2016_flickr.de.gz"))
 
     header = [
         f"# CPU: {cpu_model()} ({machine()})",

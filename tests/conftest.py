@@ -32,16 +32,11 @@ def corpus(tmp_path: Path) -> Path:
     return write_reverse_corpus(tmp_path / "raw")
 
 
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A preprocessed reverse-task dataset (joint BPE, 48 pieces), shared by the session."""
-    from s2s_cli import preprocess
+def reverse_dataset(root: Path, vocab_size: int, train: int, seed: int = 7) -> Path:
+    """A reverse-task corpus written under ``root`` and preprocessed (joint BPE) into root/data."""
+    from s2s_cli import load_config, preprocess
 
-    root = tmp_path_factory.mktemp("tiny")
-    raw = write_reverse_corpus(root / "raw", train=1500)
-    from s2s_cli.config import load_config
-
-    cfg = load_config(overrides=["data.vocab_size=48"])
+    raw = write_reverse_corpus(root / "raw", train=train, seed=seed)
     return preprocess(
         src_lang="src",
         tgt_lang="tgt",
@@ -49,8 +44,14 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         valid=raw / "valid",
         tests=[raw / "test"],
         dest=root / "data",
-        config=cfg,
+        config=load_config(overrides=[f"data.vocab_size={vocab_size}"]),
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A preprocessed reverse-task dataset (joint BPE, 48 pieces), shared by the session."""
+    return reverse_dataset(tmp_path_factory.mktemp("tiny"), vocab_size=48, train=1500)
 
 
 TINY_MODEL = [

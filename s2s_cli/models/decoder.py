@@ -180,16 +180,10 @@ class Decoder(nn.Module):
 
     def _attend(self, query: Tensor, enc: EncoderOut) -> tuple[Tensor, Tensor]:
         assert self.attention is not None and enc.keys is not None
-        rows, sentences = query.size(0), enc.keys.size(0)
-        if rows == sentences:
-            context, weights = self.attention(
-                query.unsqueeze(1), enc.keys, enc.outputs, enc.pad_mask
-            )
-            return context.squeeze(1), weights.squeeze(1)
-        # a sentence's k beams are its k queries at once (rows = sentences x k, beams adjacent)
-        queries = query.reshape(sentences, rows // sentences, query.size(-1))
+        # each sentence's k rows (k = 1, or its adjacent beams) are its k queries at once
+        queries = query.reshape(enc.keys.size(0), -1, query.size(-1))
         context, weights = self.attention(queries, enc.keys, enc.outputs, enc.pad_mask)
-        return context.reshape(rows, -1), weights.reshape(rows, -1)
+        return context.reshape(query.size(0), -1), weights.reshape(query.size(0), -1)
 
     def _attentional(self, hidden: Tensor, context: Tensor | None) -> Tensor:
         if self.combine is None or context is None:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from s2s_cli import Translator
 from s2s_cli.cli import app
 
-from ..conftest import TINY_MODEL, write_reverse_corpus
+from ..conftest import TINY_MODEL, reverse_dataset, write_reverse_corpus
 
 runner = CliRunner()
 SUBCOMMANDS = [
@@ -906,7 +906,8 @@ def test_shortlist_then_int8_translation_with_it(tiny_dataset, trained_checkpoin
         check=True,
     )
     assert result.stdout.decode().splitlines() == ["THREE TWO ONE", "SEVEN SIX FIVE FOUR", "NINE"]
-    other = preprocess_other_vocabulary(tmp_path)
+    # a dataset of another corpus, so of other SentencePiece models than the model's
+    other = reverse_dataset(tmp_path / "other", vocab_size=40, train=200, seed=3)
     s2s("shortlist", "--data", str(other), "-o", str(tmp_path / "other.npz"), check=True)
     wrong = s2s(
         "translate",
@@ -930,22 +931,6 @@ def test_shortlist_then_int8_translation_with_it(tiny_dataset, trained_checkpoin
         stdin="one\n",
     )
     assert bad.returncode == 1 and "bad.npz: not an s2s shortlist" in one_line_error(bad)
-
-
-def preprocess_other_vocabulary(tmp_path):
-    """A dataset of another corpus, so of other SentencePiece models than the trained model's."""
-    from s2s_cli import load_config, preprocess
-
-    raw = write_reverse_corpus(tmp_path / "other-raw", train=200, seed=3)
-    config = load_config(overrides=["data.vocab_size=40"])
-    return preprocess(
-        src_lang="src",
-        tgt_lang="tgt",
-        train=raw / "train",
-        valid=raw / "valid",
-        dest=tmp_path / "other",
-        config=config,
-    )
 
 
 def test_export_int8_prints_the_file_that_translate_and_info_take(trained_checkpoint, tmp_path):
