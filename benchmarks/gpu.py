@@ -477,6 +477,7 @@ def run_train(args: argparse.Namespace) -> dict:
 
 def run_decode(args: argparse.Namespace) -> dict:
     from s2s_cli import Translator
+    from s2s_cli.decoding import graphed_beam
     from s2s_cli.io import read_lines
 
     device = torch.device(args.device)
@@ -494,15 +495,18 @@ def run_decode(args: argparse.Namespace) -> dict:
 
     seconds_per_line: dict[str, float] = {}  # per options, from the rows measured so far
 
-    def time_one(name: str, lines: list[str], **options) -> None:
+    def time_one(name: str, lines: list[str], **options) -> list[str]:
         key = json.dumps(options, sort_keys=True)
         expected = seconds_per_line.get(key, 0.0) * (len(lines) + min(len(lines), 2000))
         if time.perf_counter() + expected > deadline:
             print(f"{name} {key}: skipped (time budget; about {expected:.0f} s)", flush=True)
-            return
-        # warm-up: weight casts, and cuDNN/cuBLAS plans for the shapes the timed pass meets
+            return []
+        # warm-up: weight casts, cuDNN/cuBLAS plans and recorded CUDA graphs for the shapes the
+        # timed pass meets; where it covers the whole input it is also timed (a cold first pass)
+        start = time.perf_counter()
         translator.translate_hypotheses(lines[:2000], **options)
         sync(device)
+        cold = time.perf_counter() - start
         start = time.perf_counter()
         out = translator.translate_hypotheses(lines, **options)
         sync(device)
@@ -510,6 +514,8 @@ def run_decode(args: argparse.Namespace) -> dict:
         tokens = sum(len(t.hypotheses[0].tokens) + 1 for t in out)  # pieces + EOS
         row = {"set": name, **options, "lines": len(lines), "seconds": seconds}
         row["tokens_per_s"] = tokens / seconds
+        if len(lines) <= 2000:
+            row["cold_tokens_per_s"] = tokens / cold
         row["sentences_per_s"] = len(lines) / seconds
         seconds_per_line[key] = seconds / len(lines)
         rows.append(row)
@@ -518,13 +524,42 @@ def run_decode(args: argparse.Namespace) -> dict:
             f"{row['sentences_per_s']:>9,.0f} sent/s  {seconds:6.2f} s",
             flush=True,
         )
+        return [t.text for t in out]
 
     deadline = time.perf_counter() + args.budget_s
+    # the target's row first, with and without CUDA graphs (beam steps replayed or launched op by
+    # op), in both precisions
+    graph_checks = {}
     for precision in ("bf16", "fp32"):
         for beam in (5, 1):
-            for batch in (128, args.big_batch):
-                time_one("test2016", source, beam=beam, batch_size=batch, precision=precision)
-    # the large file: the best batch first (batch 128 takes minutes there), then batch 128
+            replayed, eager = (
+                time_one(
+                    "test2016",
+                    source,
+                    beam=beam,
+                    batch_size=128,
+                    precision=precision,
+                    cuda_graphs=graphs,
+                )
+                for graphs in (True, False)
+            )
+            scorer = translator._scorer(precision)
+            check = {
+                "recorded": scorer in graphed_beam._GRAPHS
+                and scorer not in graphed_beam._UNGRAPHABLE,
+                "cudnn_recorded": scorer not in graphed_beam._WITHOUT_CUDNN,
+                "lines_differing_from_eager": sum(
+                    a != b for a, b in zip(replayed, eager, strict=True)
+                )
+                if replayed and eager
+                else None,
+            }
+            graph_checks[f"{precision} beam {beam}"] = check
+            print(f"# CUDA graphs, {precision}, beam {beam}: {json.dumps(check)}", flush=True)
+    for precision in ("bf16", "fp32"):
+        for beam in (5, 1):
+            time_one("test2016", source, beam=beam, batch_size=args.big_batch, precision=precision)
+    # the large file: the best batch first (batch 128 takes longer there), then batch 128
     for batch in (args.big_batch, 128):
         for beam in (5, 1):
             time_one("synthetic", big, beam=beam, batch_size=batch, precision="bf16")
@@ -538,7 +573,13 @@ def run_decode(args: argparse.Namespace) -> dict:
             decode = lambda _batch, o=options: translator.translate_hypotheses(source[:128], **o)  # noqa: E731
             decode(None)  # warm-up: weight casts, kernel plans
             profiles.append(profile_steps(f"decode beam 5, {precision}", decode, [None], device, 1))
-    return {"environment": env, "parameters": params, "rows": rows, "profiles": profiles}
+    return {
+        "environment": env,
+        "parameters": params,
+        "rows": rows,
+        "cuda_graphs": graph_checks,
+        "profiles": profiles,
+    }
 
 
 def main() -> None:

@@ -14,6 +14,7 @@
 #   DECODE_MODEL=gpu_data/model.pt ...   # decode first, alone on the GPU, with this checkpoint
 #                                        # (the recipe's model size), and not again at the end
 #   TRAIN_BENCH=0 ...                    # leave the training benchmark out
+#   RECIPE=0 ...                         # leave the recipe out: the gpu tests run alone
 #   DRY=1 OUT=/tmp/dry bash benchmarks/gpu_check.sh   # the same steps on the CPU, tiny: checks
 #                                                    # the script itself before GPU time is spent
 #
@@ -87,6 +88,14 @@ train_sizes=()
 if [ "${TRAIN_BENCH:-1}" = 1 ]; then
   stage "training benchmark" 150 python3 benchmarks/gpu.py train --profile --interleave 5 "${dry[@]}" "${train_sizes[@]}" \
     --data gpu_data/multi30k-en-de-bpe8000 --out "$work/bench/train.json"
+fi
+
+if [ "${RECIPE:-1}" = 0 ]; then  # the gpu tests alone, no recipe
+  stage "gpu tests" "$tests_cap" env "${tests_env[@]}" python3 -m pytest -q -rfE -m gpu tests/gpu \
+    -p no:cacheprovider --durations=10 -o junit_family=xunit2 --junitxml="$work/tests/junit.xml"
+  pack
+  echo "== done in $(( SECONDS - start ))s; results in $OUT"
+  exit 0
 fi
 
 # The recipe, seeds 1 and 2 side by side, each in its own process (the GPU is launch-bound at this

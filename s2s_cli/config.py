@@ -235,6 +235,7 @@ class DecodeConfig:
     replace_unk: bool = False  # copy the most-attended source piece for <unk>
     precision: Literal["fp32", "bf16", "fp16", "int8"] = "fp32"  # autocast dtype; int8: CPU int8
     shortlist: str | None = None  # lexical shortlist file (s2s shortlist): score only its pieces
+    cuda_graphs: bool = True  # CUDA: replay each beam-search step as one recorded CUDA graph
     seed: int = 1  # sampling seed
 
     def __post_init__(self) -> None:

@@ -319,6 +319,18 @@ def translate(
             show_default=False,
         ),
     ] = None,
+    cuda_graphs: Annotated[
+        bool | None,
+        typer.Option(
+            "--cuda-graphs/--no-cuda-graphs",
+            help=config_help(
+                "On CUDA, replay each beam-search step as one recorded CUDA graph.",
+                "decode.cuda_graphs",
+                from_checkpoint=True,
+            ),
+            show_default=False,
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:

@@ -13,6 +13,7 @@ included), plus the optional coverage penalty.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -25,7 +26,7 @@ from s2s_cli.decoding.scorer import Scorer
 
 
 @dataclass
-class _Beams:
+class Beams:
     """Live hypotheses, ``rows = len(sentences) * beam`` of them."""
 
     sentences: list[int]  # n: original sentence index of each active sentence (host side)
@@ -44,7 +45,7 @@ class _Beams:
         tokens: Tensor,
         piece_scores: Tensor,
         step_attention: Tensor | None,
-    ) -> _Beams:
+    ) -> Beams:
         attention = None
         if self.attention is not None and step_attention is not None:
             attention = torch.cat(
@@ -54,7 +55,7 @@ class _Beams:
                 ],
                 dim=1,
             )
-        return _Beams(
+        return Beams(
             [self.sentences[i] for i in keep],
             torch.cat([self.tokens.index_select(0, rows), tokens.unsqueeze(1)], dim=1),
             scores,
@@ -87,7 +88,7 @@ def beam_search(
     state = scorer.select_state(scorer.init_state(enc), rows)
     scores = torch.full((batch, beam), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: keep one so hypotheses stay distinct
-    beams = _Beams(
+    beams = Beams(
         sentences=list(range(batch)),
         tokens=torch.full((batch * beam, 1), BOS, dtype=torch.long, device=device),
         scores=scores,
@@ -103,12 +104,13 @@ def beam_search(
     while beams.sentences:
         lprobs, state, step_attention = scorer.step(beams.tokens[:, -1], state, enc)
         lprobs = shape_step(lprobs, step, beams.max_len, beams.tokens[:, 1:], cfg)
-        top_scores, top_rows, top_tokens = _top_candidates(beams.scores, lprobs, beam)
-        next_scores, next_rows, next_tokens = _next_beams(top_scores, top_rows, top_tokens, beam)
+        top_scores, top_rows, top_tokens = top_candidates(beams.scores, lprobs, beam)
+        next_scores, next_rows, next_tokens = next_beams(top_scores, top_rows, top_tokens, beam)
         # The step's one wait on the device: which extensions end in EOS, which sentences can
         # go no further. Everything else stays on the device.
-        ending, stuck = _step_flags(beams, top_scores, top_tokens, next_scores, step, beam)
-        _finalize(finished, beams, ending, top_scores, top_rows, lprobs, step_attention, cfg)
+        flags = step_flags(top_scores, top_tokens, next_scores, beams.max_len, step, beam)
+        ending, stuck = read_flags(flags.tolist(), len(beams.sentences), beam)
+        finalize(finished, beams, ending, top_scores, top_rows, lprobs, step_attention, cfg)
         # keep: positions (among the active sentences) of those that go on: not at their length
         # limit, some live beam, fewer than `beam` finished hypotheses
         keep = [
@@ -132,40 +134,65 @@ def beam_search(
         # output unchanged: only the decoder state follows the chosen beams.
         state = scorer.select_state(state, rows)
         step += 1
-    return [_best(hyps, cfg.nbest) for hyps in finished]
+    return [best(hyps, cfg.nbest) for hyps in finished]
 
 
-def _step_flags(
-    beams: _Beams,
+def step_flags(
     top_scores: Tensor,
     top_tokens: Tensor,
     next_scores: Tensor,
-    step: int,
+    max_len: Tensor,
+    step: int | Tensor,
     beam: int,
-) -> tuple[list[tuple[int, int]], list[bool]]:
-    """(sentence, rank) of the EOS extensions within the top ``beam``, and per sentence whether
-    it reached its length limit or has no live beam left; one device-to-host copy."""
+) -> Tensor:
+    """The step's flags, on the device, to be copied to the host in one go: for each sentence's
+    top ``beam`` extensions whether it ends in EOS, then per sentence whether it reached its
+    length limit or has no live beam left (see :func:`read_flags`)."""
     ending = (top_tokens[:, :beam] == EOS) & torch.isfinite(top_scores[:, :beam])
-    limit_reached = beams.max_len.view(-1, beam)[:, 0] <= step
+    limit_reached = max_len.view(-1, beam)[:, 0] <= step
     no_live = ~torch.isfinite(next_scores).any(dim=1)
-    flags = torch.cat([ending.flatten(), limit_reached | no_live]).tolist()
-    n = len(beams.sentences)
-    positions = [(k // beam, k % beam) for k in range(n * beam) if flags[k]]
-    return positions, flags[n * beam :]
+    return torch.cat([ending.flatten(), limit_reached | no_live])
 
 
-def _top_candidates(scores: Tensor, lprobs: Tensor, beam: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The ``2 * beam`` best (score, source row, token) extensions per sentence, best first."""
+def read_flags(
+    flags: list[bool], sentences: int, beam: int
+) -> tuple[list[tuple[int, int]], list[bool]]:
+    """:func:`step_flags` on the host: the (sentence, rank) pairs of the EOS extensions within the
+    top ``beam``, and per sentence whether it can go no further."""
+    positions = [(k // beam, k % beam) for k in range(sentences * beam) if flags[k]]
+    return positions, flags[sentences * beam :]
+
+
+def top_candidates(scores: Tensor, lprobs: Tensor, beam: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``2 * beam`` best (score, source row, token) extensions per sentence, best first.
+
+    Beam 1 needs only the best (ending in EOS, it finishes the sentence), taken as greedy search
+    takes it: the lowest piece id among equal scores, which reduced-precision logits often have
+    (topk's order among equals is unspecified).
+    """
     sentences, vocab = scores.size(0), lprobs.size(1)
     candidates = (scores.view(-1, 1) + lprobs).view(sentences, beam * vocab)
-    top_scores, flat = candidates.topk(min(2 * beam, beam * vocab), dim=1)
+    if beam == 1:
+        top_scores, flat = candidates.max(dim=1, keepdim=True)
+    else:
+        top_scores, flat = candidates.topk(min(2 * beam, beam * vocab), dim=1)
     row_base = torch.arange(sentences, device=scores.device).unsqueeze(1) * beam
     return top_scores, row_base + flat // vocab, flat % vocab
 
 
-def _finalize(
+class BeamHistory(NamedTuple):
+    """What :func:`finalize` reads of the hypotheses a step extended (:class:`Beams` has it too)."""
+
+    sentences: list[int]  # sentence index of each sentence position
+    tokens: Tensor  # rows x (t + 1), BOS first
+    piece_scores: Tensor  # rows x t
+    attention: Tensor | None  # rows x t x S, when kept
+    src_len: Tensor  # rows
+
+
+def finalize(
     finished: list[list[Hypothesis]],
-    beams: _Beams,
+    beams: Beams | BeamHistory,
     ending: list[tuple[int, int]],
     top_scores: Tensor,
     top_rows: Tensor,
@@ -212,7 +239,7 @@ def _finalize(
         finished[beams.sentences[i]].append(Hypothesis(tokens[k], score, pieces[k], attentions[k]))
 
 
-def _next_beams(
+def next_beams(
     top_scores: Tensor, top_rows: Tensor, top_tokens: Tensor, beam: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The best ``beam`` extensions that do not end in EOS (dead ones get -inf)."""
@@ -229,7 +256,7 @@ def _next_beams(
     return scores, top_rows.gather(1, order), top_tokens.gather(1, order)
 
 
-def _best(hypotheses: list[Hypothesis], nbest: int) -> list[Hypothesis]:
+def best(hypotheses: list[Hypothesis], nbest: int) -> list[Hypothesis]:
     if not hypotheses:  # only when every continuation was forbidden (e.g. n-gram blocking)
         return [Hypothesis([], float("-inf"), [])]
     return sorted(hypotheses, key=lambda h: h.score, reverse=True)[:nbest]

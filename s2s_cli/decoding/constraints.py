@@ -41,14 +41,19 @@ def max_lengths(src_lengths: Tensor, a: float, b: int) -> Tensor:
     return (a * src_lengths.float() + b).floor().long().clamp(min=1)
 
 
-def constrain_step(lprobs: Tensor, step: int, max_len: Tensor, min_len: int) -> Tensor:
+def constrain_step(lprobs: Tensor, step: int | Tensor, max_len: Tensor, min_len: int) -> Tensor:
     """Forbid PAD/BOS always, EOS before ``min_len`` pieces, anything but EOS at ``max_len``.
 
     ``lprobs`` is ``rows x V`` for the piece at position ``step`` (0-based); ``max_len`` is per row.
+    ``step`` may be a one-element tensor on the device (a step replayed as a CUDA graph, which
+    must not branch on it).
     """
     lprobs[:, PAD] = float("-inf")
     lprobs[:, BOS] = float("-inf")
-    if step < min_len:
+    if isinstance(step, Tensor):
+        if min_len > 0:
+            lprobs[:, EOS] = torch.where(step < min_len, float("-inf"), lprobs[:, EOS])
+    elif step < min_len:
         lprobs[:, EOS] = float("-inf")
     at_limit = max_len <= step
     # On the CPU the check is free and usually spares a pass over the scores; on CUDA it would

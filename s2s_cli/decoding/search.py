@@ -11,6 +11,7 @@ import torch
 from s2s_cli.config import DecodeConfig
 from s2s_cli.data.loader import source_tensor
 from s2s_cli.decoding.beam import beam_search
+from s2s_cli.decoding.graphed_beam import fixed_shape_beam_search, graphs_apply
 from s2s_cli.decoding.greedy import greedy_search
 from s2s_cli.decoding.hypothesis import Hypothesis
 from s2s_cli.decoding.sampling import sample
@@ -26,10 +27,17 @@ def search_batch(
     cfg: DecodeConfig,
     keep_attention: bool = False,
     generator: torch.Generator | None = None,
+    pre_cast: bool = False,
 ) -> list[list[Hypothesis]]:
-    """One padded batch through the configured strategy: sampling, greedy (beam 1) or beam."""
+    """One padded batch through the configured strategy: sampling, greedy (beam 1) or beam.
+
+    ``pre_cast``: the scorer's weights are in the decoding precision (no autocast), so on CUDA a
+    beam or greedy search may replay its steps as CUDA graphs (:func:`graphs_apply`).
+    """
     if cfg.sampling:
         return sample(scorer, src, lengths, cfg, generator, keep_attention)
+    if graphs_apply(scorer, src, cfg, keep_attention, pre_cast):
+        return fixed_shape_beam_search(scorer, src, lengths, cfg, graphs=True)
     if cfg.beam == 1:
         return greedy_search(scorer, src, lengths, cfg, keep_attention)
     return beam_search(scorer, src, lengths, cfg, keep_attention)
@@ -85,7 +93,7 @@ def search_all(
             batch_scorer = scorer.restricted(ids)
         with autocast(device, cfg.precision if use_autocast else "fp32"):
             batch_results = search_batch(
-                batch_scorer, src, src_lengths, cfg, keep_attention, generator
+                batch_scorer, src, src_lengths, cfg, keep_attention, generator, not use_autocast
             )
         if ids is not None:
             batch_results = [_to_piece_ids(hyps, ids.tolist()) for hyps in batch_results]

@@ -205,4 +205,6 @@ def _per_row(summary: Tensor, rows: int) -> Tensor:
     are adjacent)."""
     if summary.size(0) == rows:
         return summary
-    return summary.repeat_interleave(rows // summary.size(0), dim=0)
+    # (an expanded view, not repeat_interleave, which may wait on the device to size its output)
+    per_sentence = rows // summary.size(0)
+    return summary.unsqueeze(1).expand(-1, per_sentence, -1).reshape(rows, -1)

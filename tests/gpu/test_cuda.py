@@ -21,7 +21,8 @@ import torch
 
 from s2s_cli import Dataset, Translator, load_config, train
 from s2s_cli.config import CELLS, TrainConfig
-from s2s_cli.data.loader import collate
+from s2s_cli.data.loader import collate, source_tensor
+from s2s_cli.decoding.graphed_beam import fixed_shape_beam_search
 from s2s_cli.models.build import build_model
 from s2s_cli.training.distributed import DistributedContext
 from s2s_cli.training.schedule import build_optimizer
@@ -343,6 +344,41 @@ def test_batch_of_1_equals_batch_of_128_on_cuda(translators, sentences):
     for a, b in zip(alone, batched):
         assert a.text == b.text
         assert a.hypotheses[0].score == pytest.approx(b.hypotheses[0].score, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("precision", "beam"), [("fp32", 5), ("bf16", 5), ("fp16", 5), ("fp32", 1), ("bf16", 1)]
+)
+def test_replayed_cuda_graphs_find_what_the_eager_search_finds(
+    translators, sentences, precision, beam
+):
+    """Beam steps replayed as CUDA graphs (the default on CUDA) give the hypotheses and scores
+    the same search finds step by step, also when a recorded graph is refilled for a later
+    batch of the same shape. (fp32 against the CPU: test_fp32_decoding_on_cuda_equals_the_cpu.)"""
+    from s2s_cli.decoding import graphed_beam
+    from s2s_cli.decoding.search import length_sorted_batches
+
+    _, on_gpu = translators
+    if on_gpu.device.type != "cuda":
+        pytest.skip("needs CUDA: graphs are recorded on CUDA only")
+    if precision == "fp16":
+        needs_fp16(on_gpu.device)
+    scorer = on_gpu._scorer(precision)
+    cfg = on_gpu.decode_config(beam=beam, nbest=min(beam, 2))
+    pieces = [on_gpu.src_spm.encode(s) for s in sentences]
+    batches = list(length_sorted_batches([len(p) for p in pieces], 16, None))
+    batches += batches[:1]  # the first batch's shape again: its recorded graph is refilled
+    with torch.inference_mode():
+        for positions in batches:
+            src, lengths = source_tensor([np.asarray(pieces[p]) for p in positions])
+            src, lengths = src.to(on_gpu.device), lengths.to(on_gpu.device)
+            eager = fixed_shape_beam_search(scorer, src, lengths, cfg, graphs=False)
+            replayed = fixed_shape_beam_search(scorer, src, lengths, cfg, graphs=True)
+            for a, b in zip(eager, replayed, strict=True):
+                assert [h.tokens for h in a] == [h.tokens for h in b]
+                assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-5)
+    assert scorer not in graphed_beam._UNGRAPHABLE
+    assert 0 < len(graphed_beam._GRAPHS[scorer]) <= graphed_beam.GRAPHS_KEPT
 
 
 def test_sampling_on_cuda_is_seeded_and_valid(translators, sentences):

@@ -14,6 +14,7 @@ from s2s_cli.data.spm import BOS, EOS
 from s2s_cli.decoding.alignment import replace_unknowns
 from s2s_cli.decoding.beam import beam_search
 from s2s_cli.decoding.constraints import length_penalty
+from s2s_cli.decoding.graphed_beam import fixed_shape_beam_search
 from s2s_cli.decoding.greedy import greedy_search
 from s2s_cli.decoding.plot import attention_svg
 from s2s_cli.decoding.scorer import Ensemble
@@ -60,9 +61,40 @@ def test_beam_one_equals_greedy_on_a_real_model(translator, sentences):
     with torch.no_grad():
         beam = beam_search(scorer, src, lengths, cfg)
         greedy = greedy_search(scorer, src, lengths, cfg)
-    for b, g in zip(beam, greedy):
-        assert b[0].tokens == g[0].tokens
+        fixed = fixed_shape_beam_search(scorer, src, lengths, cfg)  # CUDA's greedy search
+    for b, g, f in zip(beam, greedy, fixed, strict=True):
+        assert b[0].tokens == g[0].tokens == f[0].tokens
         assert b[0].score == pytest.approx(g[0].score, abs=1e-5)
+        assert f[0].score == pytest.approx(g[0].score, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"beam": 5, "nbest": 3},
+        {"beam": 4, "nbest": 4, "lenpen": 0.6, "lenpen_style": "gnmt"},
+        {"beam": 3, "min_len": 4, "lenpen": 0.0},
+        {"beam": 6, "max_len_a": 0.5, "max_len_b": 1},
+    ],
+    ids=["nbest3", "gnmt", "min-len", "short-limit"],
+)
+def test_fixed_shape_search_equals_beam_search_on_a_real_model(translator, sentences, options):
+    """The search CUDA replays as graphs keeps finished sentences' (dead) rows in the batch; it
+    must find exactly what beam.py's, whose finished sentences leave, finds."""
+    scorer = Ensemble(translator.models)
+    ids = [translator.src_spm.encode(s) for s in sentences]
+    src, lengths = source_tensor([torch.tensor(i).numpy() for i in ids])
+    cfg = DecodeConfig(**options)
+    with torch.no_grad():
+        dynamic = beam_search(scorer, src, lengths, cfg)
+        fixed = fixed_shape_beam_search(scorer, src, lengths, cfg)
+    assert sum(len(h[0].tokens) for h in dynamic) > len(sentences)  # real outputs, not EOS
+    for a, b in zip(dynamic, fixed, strict=True):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-5)
+        assert [h.positional_scores for h in a] == [
+            pytest.approx(h.positional_scores, abs=1e-5) for h in b
+        ]
 
 
 def test_nbest_lists_are_sorted_and_distinct(translator, sentences):

@@ -10,6 +10,7 @@ from s2s_cli.config import DecodeConfig
 from s2s_cli.data.spm import EOS
 from s2s_cli.decoding.beam import beam_search
 from s2s_cli.decoding.constraints import block_repeated_ngrams, length_penalty
+from s2s_cli.decoding.graphed_beam import fixed_shape_beam_search
 from s2s_cli.decoding.greedy import greedy_search
 
 A, B, VOCAB = 4, 5, 6
@@ -49,18 +50,25 @@ class ScriptedScorer:
         return state[index]
 
 
-def search(sentences=1, **cfg):
+@pytest.fixture(params=["dynamic", "fixed-shape"])
+def searcher(request):
+    """Both beam searches: beam.py's, whose finished sentences leave the batch, and the
+    fixed-shape one CUDA replays as graphs (run eagerly here); every rule must hold in both."""
+    return beam_search if request.param == "dynamic" else fixed_shape_beam_search
+
+
+def search(searcher, sentences=1, **cfg):
     src = torch.full((sentences, 5), 7)
     src[:, -1] = EOS
     lengths = torch.full((sentences,), 5)
     options = DecodeConfig(**{"beam": 2, "nbest": 2, "lenpen": 0.0, "min_len": 0, **cfg})
-    return beam_search(ScriptedScorer(), src, lengths, options)
+    return searcher(ScriptedScorer(), src, lengths, options)
 
 
-def test_hand_computed_hypotheses_without_length_penalty():
+def test_hand_computed_hypotheses_without_length_penalty(searcher):
     # step 1: a+EOS .30 ranks first -> finished; next beams a b (.24), b b (.12);
     # step 2: a b EOS .216 finishes the second hypothesis.
-    (hyps,) = search()
+    (hyps,) = search(searcher)
     assert [h.tokens for h in hyps] == [[A], [A, B]]
     assert hyps[0].score == pytest.approx(math.log(0.30), abs=1e-6)
     assert hyps[1].score == pytest.approx(math.log(0.216), abs=1e-6)
@@ -69,38 +77,38 @@ def test_hand_computed_hypotheses_without_length_penalty():
     )
 
 
-def test_length_penalty_reorders_hand_computed_hypotheses():
+def test_length_penalty_reorders_hand_computed_hypotheses(searcher):
     # average: log(.30)/2 = -0.602 < log(.216)/3 = -0.511, so the longer one wins
-    (hyps,) = search(lenpen=1.0, lenpen_style="average")
+    (hyps,) = search(searcher, lenpen=1.0, lenpen_style="average")
     assert [h.tokens for h in hyps] == [[A, B], [A]]
     assert hyps[0].score == pytest.approx(math.log(0.216) / 3, abs=1e-6)
     assert hyps[1].score == pytest.approx(math.log(0.30) / 2, abs=1e-6)
     # GNMT's milder penalty: log(.30)/(7/6) = -1.032 beats log(.216)/(8/6) = -1.149
-    (gnmt,) = search(lenpen=1.0, lenpen_style="gnmt")
+    (gnmt,) = search(searcher, lenpen=1.0, lenpen_style="gnmt")
     assert [h.tokens for h in gnmt] == [[A], [A, B]]
     assert gnmt[0].score == pytest.approx(math.log(0.30) / (7 / 6), abs=1e-6)
 
 
-def test_early_eos_outside_the_top_beam_is_not_finished():
+def test_early_eos_outside_the_top_beam_is_not_finished(searcher):
     # step 0 EOS (.1) ranks third of 2*beam candidates: never a hypothesis with beam 2...
-    (hyps,) = search()
+    (hyps,) = search(searcher)
     assert [] not in [h.tokens for h in hyps]
     # ...but with beam 3 it ranks within the beam and finishes at once.
-    (hyps,) = search(beam=3, nbest=3)
+    (hyps,) = search(searcher, beam=3, nbest=3)
     assert [] in [h.tokens for h in hyps]
     empty = next(h for h in hyps if h.tokens == [])
     assert empty.score == pytest.approx(math.log(0.1), abs=1e-6)
 
 
-def test_min_len_blocks_eos():
+def test_min_len_blocks_eos(searcher):
     # EOS blocked at steps 0 and 1: a b (.24) and b b (.12) survive, then end at step 2
-    (hyps,) = search(min_len=2)
+    (hyps,) = search(searcher, min_len=2)
     assert [h.tokens for h in hyps] == [[A, B], [B, B]]
     assert hyps[1].score == pytest.approx(math.log(0.3 * 0.4 * 0.9), abs=1e-6)
 
 
-def test_max_len_forces_eos():
-    (hyps,) = search(max_len_a=0.0, max_len_b=1)
+def test_max_len_forces_eos(searcher):
+    (hyps,) = search(searcher, max_len_a=0.0, max_len_b=1)
     assert [h.tokens for h in hyps] == [[A], [B]]
     assert hyps[1].score == pytest.approx(math.log(0.3 * 0.5), abs=1e-6)
 
@@ -131,13 +139,13 @@ class SourceScriptedScorer(ScriptedScorer):
         return torch.stack(rows), state + 1, None
 
 
-def test_batched_sentences_are_independent():
+def test_batched_sentences_are_independent(searcher):
     """Distinct sources, of different lengths: each sentence's hypotheses and scores in a batch
     equal those it gets alone, and they differ from sentence to sentence."""
     sources = [[7, 7, 7, EOS], [8, EOS, 0, 0], [9, 9, EOS, 0]]
     lengths = [4, 2, 3]
     options = DecodeConfig(beam=3, nbest=3, lenpen=1.0, min_len=0)
-    batched = beam_search(
+    batched = searcher(
         SourceScriptedScorer(), torch.tensor(sources), torch.tensor(lengths), options
     )
     alone = [
@@ -161,8 +169,20 @@ def test_beam_one_equals_greedy():
     assert beam[0].score == pytest.approx(greedy[0].score) == pytest.approx(math.log(0.3) / 2)
 
 
-def test_nbest_is_sorted_and_distinct():
-    (hyps,) = search(beam=4, nbest=4, lenpen=1.0)
+def test_beam_one_breaks_ties_as_greedy_does(searcher):
+    """Reduced-precision logits tie often: beam 1 must pick what greedy search picks among equal
+    scores (the lowest piece id), whichever way topk would order them."""
+    tied = [dist(0.1, 0.45, 0.45), dist(0.1, 0.45, 0.45), dist(0.9, 0.05, 0.05)]
+    options = DecodeConfig(beam=1, nbest=1, lenpen=1.0, min_len=0)
+    src, lengths = torch.tensor([[7, 7, EOS]] * 3), torch.tensor([3] * 3)
+    greedy = greedy_search(ScriptedScorer(tied), src, lengths, options)
+    beam = searcher(ScriptedScorer(tied), src, lengths, options)
+    assert [h[0].tokens for h in greedy] == [[A, A]] * 3
+    assert [h[0].tokens for h in beam] == [h[0].tokens for h in greedy]
+
+
+def test_nbest_is_sorted_and_distinct(searcher):
+    (hyps,) = search(searcher, beam=4, nbest=4, lenpen=1.0)
     scores = [h.score for h in hyps]
     assert scores == sorted(scores, reverse=True)
     assert len({tuple(h.tokens) for h in hyps}) == len(hyps) == 4
