@@ -42,12 +42,15 @@ class DataConfig:
     max_length_ratio: float | None = 9.0  # drop training pairs whose length ratio exceeds this
     workers: int = 1  # encoding threads
     chunk_lines: int = 20_000  # lines encoded per chunk (bounds memory)
+    shard_size: int | None = None  # training pairs per shard (a sharded dataset); null: one
     seed: int = 1  # seed for SentencePiece's sentence sampling
 
     def __post_init__(self) -> None:
         _positive(
             self, "data", "vocab_size", "max_length", "workers", "chunk_lines", "spm_sample_size"
         )
+        if self.shard_size is not None and self.shard_size <= 0:
+            raise ConfigError(f"data.shard_size: {self.shard_size} must be > 0 or null")
         if not 0.0 < self.character_coverage <= 1.0:
             raise ConfigError(
                 f"data.character_coverage: {self.character_coverage} is not in (0, 1]"

@@ -87,6 +87,19 @@ def preprocess(
             show_default=False,
         ),
     ] = None,
+    shard_size: Annotated[
+        int | None,
+        typer.Option(
+            "--shard-size",
+            metavar="N",
+            help=config_help(
+                "Write the training pairs as shards of N pairs (a sharded dataset that "
+                "s2s train reads one shard per epoch).",
+                "data.shard_size",
+            ),
+            show_default=False,
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing destination.")
     ] = False,
@@ -110,6 +123,7 @@ def preprocess(
             "spm_type": spm_type,
             "joint": joint,
             "workers": workers,
+            "shard_size": shard_size,
         }.items()
         if v is not None
     }
@@ -179,11 +193,13 @@ def _print_summary(data_dir: Path) -> None:
     from rich.table import Table
 
     from s2s_cli.data.dataset import read_manifest
+    from s2s_cli.data.shards import sharded_manifest
 
-    manifest = read_manifest(data_dir)
+    manifest = sharded_manifest(data_dir) or read_manifest(data_dir)
+    shards = f", {len(manifest['shards'])} shards" if "shards" in manifest else ""
     table = Table(
         title=f"{data_dir} ({manifest['src_lang']}-{manifest['tgt_lang']}, "
-        f"vocab {manifest['vocab_size']['src']}/{manifest['vocab_size']['tgt']})"
+        f"vocab {manifest['vocab_size']['src']}/{manifest['vocab_size']['tgt']}{shards})"
     )
     for column in ("split", "lines", "sentences", "src tokens", "tgt tokens", "dropped"):
         table.add_column(column, justify="right" if column != "split" else "left")

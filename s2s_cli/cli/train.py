@@ -34,8 +34,9 @@ def train(
         typer.Option(
             "--data",
             metavar="DIR",
-            help="Dataset directory from `s2s preprocess`. Default: the config's data.path, "
-            "else one path read on stdin.",
+            help="Dataset directory from `s2s preprocess`, a sharded one (--shard-size), or "
+            "dataset directories A:B:C trained on one per epoch in turn. Default: the config's "
+            "data.path, else one path read on stdin.",
             show_default=False,
         ),
     ] = None,
@@ -134,8 +135,9 @@ def _data_dir_from_stdin(required: bool) -> Path | None:
 def _dataset_defaults(data_dir: Path) -> dict:
     """The dataset's own data settings, so the saved config describes the data really used."""
     from s2s_cli.data.dataset import made_with, read_manifest
+    from s2s_cli.data.shards import dataset_dirs
 
-    manifest = read_manifest(data_dir)
+    manifest = read_manifest(dataset_dirs(data_dir)[0])  # a sharded run: its first shard's
     data = made_with(manifest)
     data["path"] = str(data_dir)  # so the saved config.yaml alone re-runs (and resumes) the run
     return {"data": data}
@@ -147,8 +149,9 @@ def _dry_run(cfg, data_dir: Path | None) -> None:
 
     if data_dir is not None:
         from s2s_cli.data.dataset import Dataset
+        from s2s_cli.data.shards import dataset_dirs
 
-        src_vocab, tgt_vocab = Dataset(data_dir).vocab_sizes
+        src_vocab, tgt_vocab = Dataset(dataset_dirs(data_dir)[0]).vocab_sizes
     else:
         src_vocab = tgt_vocab = cfg.data.vocab_size
     model = build_model(cfg.model, src_vocab, tgt_vocab)

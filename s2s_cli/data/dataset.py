@@ -16,6 +16,9 @@ from s2s_cli.errors import DataError
 FORMAT = "s2s-dataset"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+# a directory of dataset directories, one per training shard (s2s_cli/data/shards.py)
+SHARDED_FORMAT = "s2s-sharded-dataset"
+SHARDED_FORMAT_VERSION = 1
 
 
 def read_manifest(data_dir: Path) -> dict[str, Any]:
@@ -30,6 +33,12 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
         raise DataError(f"{path}: missing; {data_dir} is not an s2s dataset directory") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"{path}: corrupt manifest ({err})") from None
+    if isinstance(manifest, dict) and manifest.get("format") == SHARDED_FORMAT:
+        first = (manifest.get("shards") or ["shard-00000"])[0]
+        raise DataError(
+            f"{data_dir}: a sharded dataset (`s2s train --data {data_dir}` trains on all its "
+            f"shards); name one shard here, e.g. {data_dir / str(first)}"
+        )
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"{path}: not an s2s dataset manifest")
     version = manifest.get("format_version")

@@ -23,7 +23,13 @@ from typing import Any
 
 from s2s_cli.config import DataConfig, ExperimentConfig, dump_yaml
 from s2s_cli.data import spm as spm_lib
-from s2s_cli.data.dataset import FORMAT, FORMAT_VERSION, MANIFEST
+from s2s_cli.data.dataset import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    SHARDED_FORMAT,
+    SHARDED_FORMAT_VERSION,
+)
 from s2s_cli.data.indexed import IndexedWriter, best_dtype
 from s2s_cli.errors import ConfigError, DataError, StorageError
 from s2s_cli.io import (
@@ -93,7 +99,6 @@ def preprocess(
     model(s): one for a joint vocabulary, or source then target.
     """
     config = config or ExperimentConfig()
-    cfg = config.data
     if src_lang == tgt_lang:
         raise ConfigError(f"--src-lang and --tgt-lang are both '{src_lang}'")
     splits = _split_inputs(src_lang, tgt_lang, train, valid, tests)
@@ -108,8 +113,8 @@ def preprocess(
             tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
             # mkdtemp makes the directory private; a dataset is an ordinary directory
             tmp.chmod(0o777 & ~current_umask())
-            manifest = _build(tmp, splits, src_lang, tgt_lang, cfg, spm_models, progress)
             made_with = {k: v for k, v in config.data.__dict__.items() if k != "path"}
+            manifest = _build(tmp, splits, src_lang, tgt_lang, config, spm_models, progress)
             manifest["config"] = {"data": made_with}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
             (tmp / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
@@ -193,10 +198,13 @@ def _build(
     splits: list[SplitInput],
     src_lang: str,
     tgt_lang: str,
-    cfg: DataConfig,
+    config: ExperimentConfig,
     spm_models: Sequence[str | Path],
     progress: ProgressFn,
 ) -> dict[str, Any]:
+    """Write the dataset into ``tmp``; returns its manifest (that of a sharded dataset when
+    ``data.shard_size`` is set: the shards are complete dataset directories inside ``tmp``)."""
+    cfg = config.data
     train = splits[0]
     scan = _scan_training_pairs(train, cfg, need_sample=not spm_models)
     spm_files = _sentencepiece_models(tmp, scan, train, src_lang, tgt_lang, cfg, spm_models)
@@ -206,13 +214,31 @@ def _build(
     }
     vocab = {side: p.vocab_size() for side, p in processors.items()}
     dtype = best_dtype(max(vocab.values()))
+    if cfg.shard_size is not None:
+        return _build_shards(
+            tmp, splits, src_lang, tgt_lang, config, spm_files, processors, scan, progress
+        )
     results: dict[str, SplitResult] = {}
     for split in splits:
         total = scan.lines if split.filtered else None
+        writer = _PairWriter(tmp, split.name, src_lang, tgt_lang, dtype)
         results[split.name] = _encode_split(
-            tmp, split, src_lang, tgt_lang, processors, dtype, cfg, total, progress
+            tmp, split, writer, src_lang, tgt_lang, processors, cfg, total, progress
         )
     results["train"].sha256 = scan.sha256
+    return _manifest(splits, results, src_lang, tgt_lang, spm_files, vocab, cfg)
+
+
+def _manifest(
+    splits: list[SplitInput],
+    results: dict[str, SplitResult],
+    src_lang: str,
+    tgt_lang: str,
+    spm_files: dict[str, str],
+    vocab: dict[str, int],
+    cfg: DataConfig,
+) -> dict[str, Any]:
+    dtype = best_dtype(max(vocab.values()))
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -227,6 +253,67 @@ def _build(
         "dtype": dtype.name,
         "splits": {name: _split_entry(splits, name, r) for name, r in results.items()},
     }
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def _build_shards(
+    tmp: Path,
+    splits: list[SplitInput],
+    src_lang: str,
+    tgt_lang: str,
+    config: ExperimentConfig,
+    spm_files: dict[str, str],
+    processors: dict[str, Any],
+    scan: TrainingScan,
+    progress: ProgressFn,
+) -> dict[str, Any]:
+    """The training pairs in shards of ``data.shard_size`` (the last may be smaller), each a
+    complete dataset directory with its own copy of the SentencePiece model(s); the evaluation
+    splits go to the first shard, which validation reads."""
+    cfg = config.data
+    assert cfg.shard_size is not None
+    vocab = {side: p.vocab_size() for side, p in processors.items()}
+    dtype = best_dtype(max(vocab.values()))
+    writer = _ShardWriter(tmp, cfg.shard_size, src_lang, tgt_lang, dtype)
+    train = _encode_split(
+        tmp, splits[0], writer, src_lang, tgt_lang, processors, cfg, scan.lines, progress
+    )
+    train.sha256 = scan.sha256
+    first = tmp / shard_name(0)
+    evaluation = {
+        split.name: _encode_split(
+            first,
+            split,
+            _PairWriter(first, split.name, src_lang, tgt_lang, dtype),
+            src_lang,
+            tgt_lang,
+            processors,
+            cfg,
+            None,
+            progress,
+        )
+        for split in splits[1:]
+    }
+    made_with = {k: v for k, v in cfg.__dict__.items() if k != "path"}
+    names = [shard_name(i) for i in range(len(writer.shards))]
+    for index, (name, part) in enumerate(zip(names, writer.shards, strict=True)):
+        part.sha256 = scan.sha256  # the corpus the shard was cut from
+        results = {"train": part, **(evaluation if index == 0 else {})}
+        manifest = _manifest(splits, results, src_lang, tgt_lang, spm_files, vocab, cfg)
+        manifest["shard"] = {"index": index, "of": len(names)}
+        manifest["config"] = {"data": made_with}
+        for model in set(spm_files.values()):
+            shutil.copyfile(tmp / model, tmp / name / model)
+        (tmp / name / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        (tmp / name / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
+    results = {"train": train, **evaluation}
+    whole = _manifest(splits, results, src_lang, tgt_lang, spm_files, vocab, cfg)
+    whole.update(format=SHARDED_FORMAT, format_version=SHARDED_FORMAT_VERSION, shards=names)
+    whole["shard_size"] = cfg.shard_size
+    return whole
 
 
 def _split_entry(splits: list[SplitInput], name: str, result: SplitResult) -> dict[str, Any]:
@@ -362,22 +449,86 @@ def _reuse_models(tmp: Path, paths: list[Path], cfg: DataConfig) -> dict[str, st
 # pass 2: encode and write
 
 
+class _PairWriter:
+    """Source and target token files of one split of one dataset directory."""
+
+    def __init__(self, directory: Path, name: str, src_lang: str, tgt_lang: str, dtype: Any):
+        self.src = IndexedWriter(directory / f"{name}.{src_lang}", dtype)
+        self.tgt = IndexedWriter(directory / f"{name}.{tgt_lang}", dtype)
+
+    def add(self, src_ids: list[list[int]], tgt_ids: list[list[int]]) -> None:
+        self.src.add(src_ids)
+        self.tgt.add(tgt_ids)
+
+    def close(self) -> None:
+        self.src.close()
+        self.tgt.close()
+
+    def fill(self, result: SplitResult) -> None:
+        result.sentences = self.src.sentences
+        result.src_tokens, result.tgt_tokens = self.src.tokens, self.tgt.tokens
+
+
+class _ShardWriter:
+    """Training pairs into shard directories of ``size`` pairs each, opened as pairs arrive (so
+    no shard is empty); ``shards`` holds each shard's counts once closed."""
+
+    def __init__(self, root: Path, size: int, src_lang: str, tgt_lang: str, dtype: Any):
+        self.root, self.size = root, size
+        self.langs, self.dtype = (src_lang, tgt_lang), dtype
+        self.current: _PairWriter | None = None
+        self.shards: list[SplitResult] = []
+
+    def add(self, src_ids: list[list[int]], tgt_ids: list[list[int]]) -> None:
+        start = 0
+        while start < len(src_ids):
+            if self.current is None or self.current.src.sentences == self.size:
+                self._next()
+            assert self.current is not None
+            end = start + self.size - self.current.src.sentences
+            self.current.add(src_ids[start:end], tgt_ids[start:end])
+            start = end
+
+    def _next(self) -> None:
+        self._close_current()
+        directory = self.root / shard_name(len(self.shards))
+        directory.mkdir()
+        self.current = _PairWriter(directory, "train", *self.langs, self.dtype)
+
+    def _close_current(self) -> None:
+        if self.current is not None:
+            self.current.close()
+            result = SplitResult()
+            self.current.fill(result)
+            result.lines = result.sentences  # the pairs it holds (the corpus lines: the whole's)
+            self.shards.append(result)
+            self.current = None
+
+    def close(self) -> None:
+        self._close_current()
+
+    def fill(self, result: SplitResult) -> None:
+        result.sentences = sum(s.sentences for s in self.shards)
+        result.src_tokens = sum(s.src_tokens for s in self.shards)
+        result.tgt_tokens = sum(s.tgt_tokens for s in self.shards)
+
+
 def _encode_split(
     tmp: Path,
     split: SplitInput,
+    writer: _PairWriter | _ShardWriter,
     src_lang: str,
     tgt_lang: str,
     processors: dict[str, Any],
-    dtype: Any,
     cfg: DataConfig,
     total: int | None,
     progress: ProgressFn,
 ) -> SplitResult:
+    """Encode ``split`` through ``writer`` (evaluation sets also keep their raw text in ``tmp``)."""
     result = SplitResult(filter=FilterStats() if split.filtered else None)
     hashes = {"src": hashlib.sha256(), "tgt": hashlib.sha256()}
     with contextlib.ExitStack() as stack:
-        src_out = stack.enter_context(IndexedWriter(tmp / f"{split.name}.{src_lang}", dtype))
-        tgt_out = stack.enter_context(IndexedWriter(tmp / f"{split.name}.{tgt_lang}", dtype))
+        stack.callback(writer.close)
         pairs = stack.enter_context(_paired_lines(split, None if split.filtered else hashes))
         raw_copies = None
         if not split.filtered:  # evaluation sets keep their raw text, for BLEU against it
@@ -398,12 +549,10 @@ def _encode_split(
             if raw_copies is not None:
                 raw_copies[0].writelines(f"{s}\n" for s in src_lines)
                 raw_copies[1].writelines(f"{t}\n" for t in tgt_lines)
-            src_out.add(src_ids)
-            tgt_out.add(tgt_ids)
+            writer.add(src_ids, tgt_ids)
             result.lines += len(chunk)
             progress(split.name, result.lines, total)
-        result.sentences = src_out.sentences
-        result.src_tokens, result.tgt_tokens = src_out.tokens, tgt_out.tokens
+    writer.fill(result)
     if not split.filtered:
         result.sha256 = {k: h.hexdigest() for k, h in hashes.items()}
     if split.filtered and result.sentences == 0:

@@ -34,8 +34,9 @@ from s2s_cli.checkpoint import (
 )
 from s2s_cli.config import DataConfig, ExperimentConfig, build_section, to_dict, write_config
 from s2s_cli.data.batching import Shard, make_batches
-from s2s_cli.data.dataset import Dataset, made_with
+from s2s_cli.data.dataset import Dataset, ParallelSplit, made_with
 from s2s_cli.data.loader import Batch, collate, prefetch
+from s2s_cli.data.shards import TrainingShards
 from s2s_cli.data.spm import load_processor
 from s2s_cli.device import check_precision, resolve_device
 from s2s_cli.errors import CheckpointError, ConfigError, LostPeersError, S2SError
@@ -136,14 +137,15 @@ class TrainingRun:
         check_precision(self.device, cfg.train.precision, "train.precision")
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        self.dataset = Dataset(data_dir)
+        self.data_spec = str(data_dir)
+        self.shards = TrainingShards(data_dir)
+        self.dataset = self.shards.first  # validation, vocabularies, data settings
         self.cfg = cfg = _describing_dataset(cfg, self.dataset)
         self.save_dir = save_dir
         self.files = SaveDirectory(
             save_dir, cfg.train.save_every, cfg.train.keep_last, cfg.train.best_with_state
         )
         self.divergence = DivergenceWatch(cfg.train.max_nonfinite_updates, self.files.last)
-        self.train_split = self.dataset.split("train")
         saved = self._existing_checkpoint(resume)
         self._build()
         self.reporter = Reporter(
@@ -222,8 +224,16 @@ class TrainingRun:
 
     def _total_updates(self) -> int | None:
         t = self.cfg.train
-        per_epoch = self.shard.updates_in(self._epoch_batches(1)) if t.max_epochs else None
-        candidates = [n for n in (t.max_updates, per_epoch and per_epoch * t.max_epochs) if n]
+        by_epochs = None
+        if t.max_epochs:
+            # updates per epoch of each shard, counted at its first epoch (later epochs of the
+            # same shard cut batches from other random tie-breaks: a few more or fewer)
+            per_shard = [
+                self.shard.updates_in(self._epoch_batches(epoch))
+                for epoch in range(1, min(len(self.shards), t.max_epochs) + 1)
+            ]
+            by_epochs = sum(per_shard[self.shards.index(e)] for e in range(1, t.max_epochs + 1))
+        candidates = [n for n in (t.max_updates, by_epochs) if n]
         return min(candidates) if candidates else None
 
     def _restore(self, saved: Checkpoint) -> None:
@@ -328,7 +338,8 @@ class TrainingRun:
         """What this run is, before the first log line (which may be minutes away)."""
         from s2s_cli.models.build import parameter_counts
 
-        cfg, dataset, split = self.cfg, self.dataset, self.train_split
+        cfg, dataset = self.cfg, self.dataset
+        split = self.shards.train_split(self.progress.epoch)
         src_vocab, tgt_vocab = dataset.vocab_sizes
         splits = ", ".join(
             f"{name} {len(dataset.split(name)):,}" for name in dataset.splits if name != "train"
@@ -344,6 +355,14 @@ class TrainingRun:
             src_vocab,
             tgt_vocab,
         )
+        if len(self.shards) > 1:
+            log.info(
+                "%d training shards, one per epoch in turn (epoch %d: %s); validation from %s",
+                len(self.shards),
+                self.progress.epoch,
+                self.shards.datasets[self.shards.index(self.progress.epoch)].dir,
+                dataset.dir,
+            )
         counts = parameter_counts(self.model)
         total = counts.pop("total")
         log.info(
@@ -367,7 +386,8 @@ class TrainingRun:
 
     def _run_epoch(self) -> bool:
         """Updates until the epoch ends (True) or a stop condition holds (False)."""
-        batches = self._epoch_batches(self.progress.epoch)
+        epoch = self.progress.epoch
+        batches = self._epoch_batches(epoch)
         total = self.shard.updates_in(batches)
         if total == 0:
             raise ConfigError(
@@ -376,7 +396,17 @@ class TrainingRun:
             )
         # closing: an error mid-epoch stops the prefetch thread now, not at interpreter exit
         # (where a thread killed inside torch aborts the process instead of exiting cleanly)
-        stream = contextlib.closing(self._batches(batches, self.progress.position, total))
+        if len(self.shards) > 1 and self.progress.position == 0:
+            shard = self.shards.index(epoch)
+            log.info(
+                "epoch %d: shard %d of %d (%s)",
+                epoch,
+                shard + 1,
+                len(self.shards),
+                self.shards.datasets[shard].dir,
+            )
+        split = self.shards.train_split(epoch)
+        stream = contextlib.closing(self._batches(split, batches, self.progress.position, total))
         with stream as batch_stream:
             return self._run_updates(batch_stream)
 
@@ -407,19 +437,20 @@ class TrainingRun:
         return True
 
     def _batches(
-        self, batches: list[np.ndarray], start: int, total: int
+        self, split: ParallelSplit, batches: list[np.ndarray], start: int, total: int
     ) -> Iterator[tuple[int, list[Batch]]]:
         def produce() -> Iterator[tuple[int, list[Batch]]]:
             for index in range(start, total):
                 micro = self.shard.micro_batches(batches, index)
-                yield index, [collate(self.train_split, m) for m in micro]
+                yield index, [collate(split, m) for m in micro]
 
         with contextlib.closing(prefetch(produce(), depth=4)) as prefetched:
             for index, micro in prefetched:
                 yield index, [b.to(self.device, non_blocking=True) for b in micro]
 
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
-        split, t = self.train_split, self.cfg.train
+        """Epoch ``epoch``'s batches, from its shard: a function of the seed and epoch alone."""
+        split, t = self.shards.train_split(epoch), self.cfg.train
         return make_batches(
             split.src_sizes + 1, split.tgt_sizes + 1, t.max_tokens, t.max_sentences, t.seed, epoch
         )
@@ -525,7 +556,7 @@ class TrainingRun:
                 scaler=self.scaler.state_dict() if self.scaler is not None else None,
                 rng=self._rng_states(),
             ),
-            data_dir=str(self.dataset.dir),
+            data_dir=self.data_spec,
         )
 
     def _rng_states(self) -> dict[str, list[torch.Tensor]]:
