@@ -32,20 +32,27 @@ def corpus(tmp_path: Path) -> Path:
     return write_reverse_corpus(tmp_path / "raw")
 
 
-def reverse_dataset(root: Path, vocab_size: int, train: int, seed: int = 7) -> Path:
-    """A reverse-task corpus written under ``root`` and preprocessed (joint BPE) into root/data."""
+def preprocess_reverse(raw: Path, dest: Path, *overrides: str, spm_models=()) -> Path:
+    """``s2s preprocess`` (Python API) of a corpus from :func:`write_reverse_corpus` into ``dest``,
+    with ``data.*`` overrides."""
     from s2s_cli import load_config, preprocess
 
-    raw = write_reverse_corpus(root / "raw", train=train, seed=seed)
     return preprocess(
         src_lang="src",
         tgt_lang="tgt",
         train=raw / "train",
         valid=raw / "valid",
         tests=[raw / "test"],
-        dest=root / "data",
-        config=load_config(overrides=[f"data.vocab_size={vocab_size}"]),
+        dest=dest,
+        config=load_config(overrides=list(overrides)),
+        spm_models=spm_models,
     )
+
+
+def reverse_dataset(root: Path, vocab_size: int, train: int, seed: int = 7) -> Path:
+    """A reverse-task corpus written under ``root`` and preprocessed (joint BPE) into root/data."""
+    raw = write_reverse_corpus(root / "raw", train=train, seed=seed)
+    return preprocess_reverse(raw, root / "data", f"data.vocab_size={vocab_size}")
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from s2s_cli import Dataset, load_config, preprocess, train
+from s2s_cli import Dataset, load_config, train
 from s2s_cli.checkpoint import load_checkpoint
 from s2s_cli.data.shards import TrainingShards, dataset_dirs
 from s2s_cli.errors import DataError
 
-from ..conftest import TINY_MODEL, write_reverse_corpus
+from ..conftest import TINY_MODEL, preprocess_reverse, write_reverse_corpus
 
 SHARD_SIZE = 400
 
@@ -27,16 +27,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _preprocess(corpus: Path, dest: Path, *overrides: str, spm_models=()) -> Path:
-    return preprocess(
-        src_lang="src",
-        tgt_lang="tgt",
-        train=corpus / "train",
-        valid=corpus / "valid",
-        tests=[corpus / "test"],
-        dest=dest,
-        config=load_config(overrides=["data.vocab_size=48", *overrides]),
-        spm_models=spm_models,
-    )
+    return preprocess_reverse(corpus, dest, "data.vocab_size=48", *overrides, spm_models=spm_models)
 
 
 @pytest.fixture(scope="module")
