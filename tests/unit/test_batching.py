@@ -22,6 +22,36 @@ def test_every_example_exactly_once_and_budget_respected(sizes):
         assert len(batch) == 1 or width * len(batch) <= 300
 
 
+def _greedy_cut(order, longest, max_tokens, max_sentences):
+    """The batching rule step by step, one sentence at a time (the reference for ``_cut``)."""
+    batches, current, widest = [], [], 0
+    for position, length in zip(order.tolist(), longest.tolist(), strict=True):
+        width = max(widest, length)
+        if current and (
+            width * (len(current) + 1) > max_tokens or len(current) + 1 > max_sentences
+        ):
+            batches.append(current)
+            current, width = [], length
+        current.append(position)
+        widest = width
+    return [*batches, current]
+
+
+@pytest.mark.parametrize(
+    ("max_tokens", "max_sentences"), [(300, 10**9), (64, 10**9), (4096, 7), (5, 3)]
+)
+def test_batches_follow_the_greedy_rule_exactly(max_tokens, max_sentences):
+    """Vectorized per batch, the cut must equal the sentence-by-sentence rule, including
+    sentences longer than the whole budget (each alone)."""
+    rng = np.random.default_rng(4)
+    order = rng.permutation(3000)
+    longest = rng.integers(1, 80, 3000)
+    from s2s_cli.data.batching import _cut
+
+    got = [b.tolist() for b in _cut(order, longest[order], max_tokens, max_sentences)]
+    assert got == _greedy_cut(order, longest[order], max_tokens, max_sentences)
+
+
 def test_max_sentences(sizes):
     src, tgt = sizes
     assert max(len(b) for b in make_batches(src, tgt, 10**6, 7, seed=1, epoch=1)) == 7
