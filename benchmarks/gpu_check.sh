@@ -79,7 +79,7 @@ real_model_test() {  # real_model_test CHECKPOINT CAP_S: bf16/fp16 decoding agai
     python3 -m pytest -q -s -m gpu tests/gpu -p no:cacheprovider -k real_model
 }
 if [ -n "${DECODE_MODEL:-}" ]; then
-  decode_bench "$DECODE_MODEL" 150 120
+  decode_bench "$DECODE_MODEL" 200 170
   real_model_test "$DECODE_MODEL" 40
 fi
 
