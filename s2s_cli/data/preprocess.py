@@ -113,9 +113,8 @@ def preprocess(
             tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
             # mkdtemp makes the directory private; a dataset is an ordinary directory
             tmp.chmod(0o777 & ~current_umask())
-            made_with = {k: v for k, v in config.data.__dict__.items() if k != "path"}
             manifest = _build(tmp, splits, src_lang, tgt_lang, config, spm_models, progress)
-            manifest["config"] = {"data": made_with}
+            manifest["config"] = _made_with(config.data)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
             (tmp / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
             _move_into_place(tmp, dest)
@@ -216,7 +215,7 @@ def _build(
     dtype = best_dtype(max(vocab.values()))
     if cfg.shard_size is not None:
         return _build_shards(
-            tmp, splits, src_lang, tgt_lang, config, spm_files, processors, scan, progress
+            tmp, splits, src_lang, tgt_lang, config, spm_files, processors, vocab, scan, progress
         )
     results: dict[str, SplitResult] = {}
     for split in splits:
@@ -255,6 +254,11 @@ def _manifest(
     }
 
 
+def _made_with(cfg: DataConfig) -> dict[str, Any]:
+    """The manifest's record of the data settings (not ``path``: where a dataset is used)."""
+    return {"data": {k: v for k, v in cfg.__dict__.items() if k != "path"}}
+
+
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
@@ -267,6 +271,7 @@ def _build_shards(
     config: ExperimentConfig,
     spm_files: dict[str, str],
     processors: dict[str, Any],
+    vocab: dict[str, int],
     scan: TrainingScan,
     progress: ProgressFn,
 ) -> dict[str, Any]:
@@ -275,7 +280,6 @@ def _build_shards(
     splits go to the first shard, which validation reads."""
     cfg = config.data
     assert cfg.shard_size is not None
-    vocab = {side: p.vocab_size() for side, p in processors.items()}
     dtype = best_dtype(max(vocab.values()))
     writer = _ShardWriter(tmp, cfg.shard_size, src_lang, tgt_lang, dtype)
     train = _encode_split(
@@ -297,14 +301,13 @@ def _build_shards(
         )
         for split in splits[1:]
     }
-    made_with = {k: v for k, v in cfg.__dict__.items() if k != "path"}
     names = [shard_name(i) for i in range(len(writer.shards))]
     for index, (name, part) in enumerate(zip(names, writer.shards, strict=True)):
         part.sha256 = scan.sha256  # the corpus the shard was cut from
         results = {"train": part, **(evaluation if index == 0 else {})}
         manifest = _manifest(splits, results, src_lang, tgt_lang, spm_files, vocab, cfg)
         manifest["shard"] = {"index": index, "of": len(names)}
-        manifest["config"] = {"data": made_with}
+        manifest["config"] = _made_with(cfg)
         for model in set(spm_files.values()):
             shutil.copyfile(tmp / model, tmp / name / model)
         (tmp / name / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

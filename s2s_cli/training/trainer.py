@@ -140,6 +140,7 @@ class TrainingRun:
         self.data_spec = str(data_dir)
         self.shards = TrainingShards(data_dir)
         self.dataset = self.shards.first  # validation, vocabularies, data settings
+        self._batches_of: tuple[int, list[np.ndarray]] | None = None  # see _epoch_batches
         self.cfg = cfg = _describing_dataset(cfg, self.dataset)
         self.save_dir = save_dir
         self.files = SaveDirectory(
@@ -449,11 +450,23 @@ class TrainingRun:
                 yield index, [b.to(self.device, non_blocking=True) for b in micro]
 
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
-        """Epoch ``epoch``'s batches, from its shard: a function of the seed and epoch alone."""
-        split, t = self.shards.train_split(epoch), self.cfg.train
-        return make_batches(
-            split.src_sizes + 1, split.tgt_sizes + 1, t.max_tokens, t.max_sentences, t.seed, epoch
-        )
+        """Epoch ``epoch``'s batches, from its shard: a function of the seed and epoch alone.
+
+        The last epoch's list is kept: the start of a run asks for it up to three times (the
+        schedule's length, the banner, the epoch), each a sort of the whole shard.
+        """
+        if self._batches_of is None or self._batches_of[0] != epoch:
+            split, t = self.shards.train_split(epoch), self.cfg.train
+            batches = make_batches(
+                split.src_sizes + 1,
+                split.tgt_sizes + 1,
+                t.max_tokens,
+                t.max_sentences,
+                t.seed,
+                epoch,
+            )
+            self._batches_of = epoch, batches
+        return self._batches_of[1]
 
     def _teacher_forcing(self) -> float:
         return teacher_forcing_ratio(self.cfg.train, self.progress.updates)
