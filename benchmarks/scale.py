@@ -12,7 +12,9 @@ For each corpus, every command a child process (peak RSS of the child, wall time
   second, peak RSS, output size; ``--shard-size`` is left at none (one dataset);
 - ``s2s train`` of a small model (the toy size: embeddings 64, LSTM 128, 2,048-token batches) for
   --updates updates: seconds from launch to the first update, and resident memory sampled every
-  0.2 s (its value at the 10th and the last update, and the peak);
+  0.2 s (its value at the 10th and the last update, and the peak; past 1,000 updates also its
+  value at update 1,000 and its range after it, in all and private (anonymous) alone: the
+  memory-mapped token files count in VmRSS as far as the kernel keeps their pages in);
 - with --translate-lines N (largest corpus only): that small model greedily translating N source
   lines and 10,000 of them, one after the other: throughput of each and their peak RSS.
 
@@ -38,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, data_dir_argument, machine, run_measured, s2s_command
 
 BASE_PAIRS = 29_000
+FLAT_AFTER = 1000  # updates after which training's resident memory must stay flat
 SMALL_MODEL = [
     "model.preset=fast",
     "model.embed_dim=64",
@@ -102,7 +105,7 @@ class RssSampler:
     """Resident memory of a process (and its children's, which s2s does not start) every 0.2 s."""
 
     def __init__(self, pid: int) -> None:
-        self.pid, self.samples = pid, []
+        self.pid, self.samples, self.anonymous = pid, [], []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -114,10 +117,14 @@ class RssSampler:
                 text = status.read_text()
             except OSError:
                 return
-            rss = [int(x.split()[1]) for x in text.splitlines() if x.startswith("VmRSS:")]
-            if not rss:  # exited (a zombie has no resident set)
+            fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+            if "VmRSS" not in fields:  # exited (a zombie has no resident set)
                 return
-            self.samples.append((time.perf_counter(), rss[0] / 1024))
+            now = time.perf_counter()
+            self.samples.append((now, int(fields["VmRSS"].split()[0]) / 1024))
+            # private memory alone: the memory-mapped token files count in VmRSS as the kernel
+            # pages them in and out, which is not memory the process holds
+            self.anonymous.append((now, int(fields["RssAnon"].split()[0]) / 1024))
             time.sleep(0.2)
 
     def stop(self) -> list[tuple[float, float]]:
@@ -156,7 +163,7 @@ def train(dataset: Path, save_dir: Path, updates: int) -> dict:
         return before[-1] if before else float("nan")
 
     tenth = train_rows[min(9, len(train_rows) - 1)]["elapsed_s"]
-    return {
+    result = {
         "first_update_s": first_update,
         "updates": len(train_rows),
         "seconds": finished - start,
@@ -164,6 +171,18 @@ def train(dataset: Path, save_dir: Path, updates: int) -> dict:
         "rss_at_end_mib": samples[-1][1] if samples else float("nan"),
         "peak_rss_mib": max((rss for _, rss in samples), default=float("nan")),
     }
+    if len(train_rows) > FLAT_AFTER:  # the issue's "RSS flat after the first 1,000 updates"
+        moment = start + offset + train_rows[FLAT_AFTER - 1]["elapsed_s"]
+        later = [rss for t, rss in samples if t >= moment]
+        anonymous = [rss for t, rss in sampler.anonymous if t >= moment]
+        result[f"rss_at_update_{FLAT_AFTER}_mib"] = rss_at(train_rows[FLAT_AFTER - 1]["elapsed_s"])
+        result[f"rss_after_update_{FLAT_AFTER}_min_max_mib"] = [min(later), max(later)]
+        result[f"anonymous_rss_after_update_{FLAT_AFTER}_min_max_mib"] = [
+            min(anonymous),
+            max(anonymous),
+        ]
+        result["anonymous_rss_at_end_mib"] = sampler.anonymous[-1][1]
+    return result
 
 
 def translate(checkpoint: Path, source_lines: list[str], lines: int, work: Path) -> dict:
@@ -190,6 +209,11 @@ def main() -> None:
     parser.add_argument("--translate-lines", type=int, default=0)
     parser.add_argument("--out", type=Path, default=OUT / "scale")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--reuse-data",
+        action="store_true",
+        help="train on datasets already preprocessed under --out (preprocessing not measured)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     print(f"# {machine()}", flush=True)
@@ -198,7 +222,15 @@ def main() -> None:
     for scale in args.scales:
         corpus = args.out / f"corpus-{scale}x"
         prefix, pairs = make_corpus(args.multi30k, scale, corpus)
-        made = preprocess(prefix, args.multi30k, args.out / f"data-{scale}x")
+        dataset = args.out / f"data-{scale}x"
+        if args.reuse_data and (dataset / "manifest.json").exists():
+            made = {
+                "seconds": float("nan"),
+                "peak_rss_mib": float("nan"),
+                "output_mib": float("nan"),
+            }
+        else:
+            made = preprocess(prefix, args.multi30k, dataset)
         made["pairs_per_s"] = pairs / made["seconds"]
         trained = train(args.out / f"data-{scale}x", args.out / f"run-{scale}x", args.updates)
         rows.append({"scale": scale, "pairs": pairs, "preprocess": made, "train": trained})
@@ -207,15 +239,22 @@ def main() -> None:
     base = rows[0]["preprocess"]
     print(
         "\n| corpus | pairs | preprocess | pairs/s | peak RSS | RSS vs 1x | output | "
-        "first update | RSS at update 10 / end |"
+        f"first update | RSS at update 10 / end | RSS after update {FLAT_AFTER:,} (min-max) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         p, t = r["preprocess"], r["train"]
+        flat = t.get(f"rss_after_update_{FLAT_AFTER}_min_max_mib")
+        private = t.get(f"anonymous_rss_after_update_{FLAT_AFTER}_min_max_mib")
+        flat_cell = (
+            f"{flat[0]:,.0f}-{flat[1]:,.0f} MiB (private {private[0]:,.0f}-{private[1]:,.0f})"
+            if flat and private
+            else "-"
+        )
         print(f"| {r['scale']}x | {r['pairs']:,} | {p['seconds']:.1f} s | {p['pairs_per_s']:,.0f} "
               f"| {p['peak_rss_mib']:,.0f} MiB | {p['peak_rss_mib'] / base['peak_rss_mib']:.2f}x "
               f"| {p['output_mib']:,.0f} MiB | {t['first_update_s']:.1f} s "
-              f"| {t['rss_at_update_10_mib']:,.0f} / {t['rss_at_end_mib']:,.0f} MiB |")  # fmt: skip
+              f"| {t['rss_at_update_10_mib']:,.0f} / {t['rss_at_end_mib']:,.0f} MiB | {flat_cell} |")  # fmt: skip
     result = {"machine": machine(), "rows": rows}
     if args.translate_lines and checkpoint is not None:
         source = read_gz_lines(args.multi30k / "train.en.gz")

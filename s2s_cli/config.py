@@ -84,7 +84,8 @@ class ModelConfig:
     share_embeddings: bool = False  # share source and target embeddings (joint vocabulary)
     dropout: float = 0.2  # dropout on embeddings, between layers and before the output layer
     embed_init_std: float | None = None  # embedding init N(0, std); null: 1/sqrt(embed_dim)
-    weight_init: Literal["pytorch", "lecun_normal"] = "pytorch"  # lecun_normal: N(0, 1/fan_in)
+    weight_init: Literal["pytorch", "lecun_normal", "uniform"] = "pytorch"  # see docs/models.md
+    init_range: float = 0.1  # weight_init uniform: every parameter U(-init_range, init_range)
 
     def __post_init__(self) -> None:
         _positive(self, "model", "embed_dim", "hidden_size", "encoder_layers", "decoder_layers")
@@ -101,6 +102,8 @@ class ModelConfig:
             raise ConfigError(f"model.dropout: {self.dropout} is not in [0, 1)")
         if self.embed_init_std is not None and self.embed_init_std <= 0:
             raise ConfigError(f"model.embed_init_std: {self.embed_init_std} must be > 0 or null")
+        if self.init_range <= 0:
+            raise ConfigError(f"model.init_range: {self.init_range} must be > 0")
         enc = self.encoder_output_size
         if self.bidirectional and enc % 2:
             raise ConfigError(

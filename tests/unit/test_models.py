@@ -330,6 +330,29 @@ def test_lecun_normal_init_scales_by_fan_in_and_leaves_embeddings_alone():
     assert checked >= 5
 
 
+@pytest.mark.parametrize("bound", [0.1, 0.08])
+def test_uniform_init_covers_every_parameter_within_the_range(bound):
+    cfg = {"embed_dim": 64, "hidden_size": 256, "attention": "additive", "bridge": "bridge"}
+    model = model_for(weight_init="uniform", init_range=bound, **cfg)
+    checked = 0
+    for name, param in model.named_parameters():
+        values = param[1:] if "embedding" in name else param  # the padding row stays zero
+        if "embedding" in name:
+            assert not param[PAD].any(), name
+        assert values.abs().max().item() <= bound, name
+        if values.numel() >= 256:  # biases too: PyTorch's own stay within +-1/sqrt(256)
+            assert values.abs().max().item() > 0.9 * bound, name
+            checked += 1
+        if values.numel() >= 4096:  # U(-b, b) has spread b/sqrt(3)
+            assert values.std().item() == pytest.approx(bound / 3**0.5, rel=0.05), name
+    assert checked >= 10
+
+
+def test_init_range_must_be_positive():
+    with pytest.raises(ConfigError, match="model.init_range"):
+        ModelConfig(init_range=0.0)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize(("layers", "bidirectional_layers"), [(1, None), (2, None), (3, 1), (2, 0)])
 def test_packed_encoder_equals_the_segment_encoder(cell, layers, bidirectional_layers):
