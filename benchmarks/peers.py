@@ -13,7 +13,8 @@
    ``fairseq-preprocess --joined-dictionary`` and ``onmt_build_vocab --share_vocab``.
 3. **Training** (bench-lstm: embeddings 256, a bidirectional LSTM encoder of 256 per direction,
    an LSTM decoder of 512 with Luong "general" attention and input feeding, untied embeddings,
-   every parameter initialised U(-0.1, 0.1) as both peers do; Adam 1e-3, label smoothing 0.1, dropout 0.2, clipping at 5, batches of 4,096 tokens, seed 1):
+   every parameter initialised U(-0.1, 0.1) as both peers do; Adam 1e-3, label smoothing 0.1,
+   dropout 0.2, clipping at 5, batches of 4,096 tokens, seed 1):
    fairseq's ``lstm`` (fp32: it has no CPU bf16), s2s with input feeding in fp32 and bf16 and
    s2s's fused path (no input feeding) in bf16, each for ``--updates`` updates in its own process,
    one after the other, the order reversed in every other round. Throughput is target tokens per

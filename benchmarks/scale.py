@@ -232,7 +232,7 @@ def main() -> None:
         else:
             made = preprocess(prefix, args.multi30k, dataset)
         made["pairs_per_s"] = pairs / made["seconds"]
-        trained = train(args.out / f"data-{scale}x", args.out / f"run-{scale}x", args.updates)
+        trained = train(dataset, args.out / f"run-{scale}x", args.updates)
         rows.append({"scale": scale, "pairs": pairs, "preprocess": made, "train": trained})
         checkpoint = args.out / f"run-{scale}x" / "checkpoint_last.pt"
         print(json.dumps(rows[-1]), flush=True)

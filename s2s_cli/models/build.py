@@ -87,7 +87,7 @@ def _uniform_(model: nn.Module, bound: float) -> None:
     """U(-bound, bound) for every parameter, embeddings and biases included (padding row zero).
 
     The classic NMT initialisation (Luong et al. 2015 with 0.1; Sutskever et al. 2014 with
-    0.08), and what OpenNMT-py and fairseq's LSTM do. Its recurrent weights start 2-4x larger
+    0.08), and what OpenNMT-py and fairseq's LSTM do. Its recurrent weights start 1.6-3.2x larger
     than PyTorch's U(+-1/sqrt(hidden)) at hidden sizes of 256-1,024, and the model learns faster
     in its first updates (docs/models.md).
     """
