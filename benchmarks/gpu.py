@@ -2,6 +2,7 @@
 """GPU throughput of s2s training and decoding, each beside a plain-PyTorch reference in one run.
 
     python benchmarks/gpu.py train  --data DATASET_DIR [--out DIR]
+    python benchmarks/gpu.py trainer --data DATASET_DIR [--updates 500 --turns 2 --fp32]
     python benchmarks/gpu.py decode --checkpoint CKPT --source test.en.gz [--big-lines 100000]
 
 ``train`` times updates (forward, backward, clipping, Adam) in this process, with CUDA
@@ -222,14 +223,16 @@ def reference_step(model, optimizer, scaler, precision: str, device: torch.devic
 # -- measuring --------------------------------------------------------------------------------
 
 
-def measure(step, batches: list[Batch], device: torch.device) -> dict:
-    """Steady state: one untimed pass over all batches, then a timed pass over the same ones.
+def measure(step, batches: list[Batch], device: torch.device, warm: bool = True) -> dict:
+    """Steady state: one untimed pass over all batches (unless ``warm`` is False: the step has
+    seen them), then a timed pass over the same ones.
 
     cuDNN and cuBLAS plan per shape on first sight, which made whichever variant ran first
     look up to 1.6x slower in the first runs (docs/benchmarks.md, "GPU").
     """
-    for batch in batches:
-        step(batch)
+    if warm:
+        for batch in batches:
+            step(batch)
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -248,14 +251,20 @@ def measure(step, batches: list[Batch], device: torch.device) -> dict:
 
 
 @contextlib.contextmanager
-def choices(rnn: str | None = None, gather: bool | None = None, fused_adam: bool | None = None):
+def choices(
+    rnn: str | None = None,
+    gather: bool | None = None,
+    fused_adam: bool | None = None,
+    deferred: bool | None = None,
+):
     """The per-device choices s2s makes, set for one measurement and restored afterwards:
     ``rnn`` recurrent.BF16_RNN_ON_CUDA, ``gather`` step.GATHER_POSITIONS["cuda"], ``fused_adam``
-    schedule.FUSED_ON_CUDA (None: the default)."""
+    schedule.FUSED_ON_CUDA, ``deferred`` step.DEFERRED_RESULTS["cuda"] (None: the default)."""
     saved = (
         recurrent.BF16_RNN_ON_CUDA,
         step_module.GATHER_POSITIONS["cuda"],
         schedule.FUSED_ON_CUDA,
+        step_module.DEFERRED_RESULTS["cuda"],
     )
     try:
         if rnn is not None:
@@ -264,10 +273,12 @@ def choices(rnn: str | None = None, gather: bool | None = None, fused_adam: bool
             step_module.GATHER_POSITIONS["cuda"] = gather
         if fused_adam is not None:
             schedule.FUSED_ON_CUDA = fused_adam
+        if deferred is not None:
+            step_module.DEFERRED_RESULTS["cuda"] = deferred
         yield
     finally:
         recurrent.BF16_RNN_ON_CUDA, step_module.GATHER_POSITIONS["cuda"] = saved[:2]
-        schedule.FUSED_ON_CUDA = saved[2]
+        schedule.FUSED_ON_CUDA, step_module.DEFERRED_RESULTS["cuda"] = saved[2:]
 
 
 def profile_steps(name: str, step, batches: list[Batch], device: torch.device, updates: int = 3):
@@ -329,7 +340,16 @@ def s2s_step(cfg, vocab, precision, device, encoder_impl="auto", fused=None):
     loss_module = LossModule(model, 0.1, fused=fused)
     updater = Updater(loss_module, optimizer, scaler, device, precision, 5.0, DistributedContext())
     params = parameter_counts(model)["total"]
-    return (lambda batch: updater.update([batch], 1.0)), params
+    queued = []
+
+    def step(batch: Batch) -> None:
+        # as the trainer does: an update's numbers are read after the next update is queued
+        # (at once where the host decides the skip: step.DEFERRED_RESULTS)
+        queued.append(updater.launch([batch], 1.0))
+        while len(queued) > 1 or (queued and queued[0].ready):
+            queued.pop(0).result()
+
+    return step, params
 
 
 def ref_step(cfg, vocab, precision, device):
@@ -367,7 +387,10 @@ def synthetic_batches(
             words = torch.randint(4, vocab, (t,), generator=g)
             tgt_in[i, 0], tgt_in[i, 1 : t + 1] = BOS, words
             tgt_out[i, :t], tgt_out[i, t] = words, EOS
-        batch = Batch(src, src_len + 1, tgt_in, tgt_out, torch.arange(sentences))
+        # the token counts known on the host, as collate gives them to the trainer (without
+        # them every update read its counts back from the GPU: three waits per update)
+        counts = int((src_len + 1).sum()), int((tgt_len + 1).sum())
+        batch = Batch(src, src_len + 1, tgt_in, tgt_out, torch.arange(sentences), *counts)
         batches.append(batch.to(device))
     return batches
 
@@ -378,13 +401,14 @@ def run_train(args: argparse.Namespace) -> dict:
     print(f"# {json.dumps(env)}", flush=True)
     rows: list[dict] = []
     profiles: list[dict] = []
+    summaries: list[dict] = []
 
     def record(model: str, system: str, result: dict, flops: float, params: int) -> None:
         result.update(model=model, system=system, params=params)
         result["mfu"] = flops * result["tokens_per_s"] / (env["bf16_matmul_tflops"] * 1e12)
         rows.append(result)
         print(
-            f"{model:10s} {system:44s} {result['tokens_per_s']:>10,.0f} tok/s "
+            f"{model:10s} {system:52s} {result['tokens_per_s']:>10,.0f} tok/s "
             f"{result['ms_per_update']:7.2f} ms/update  peak {result['peak_gib']:.2f} GiB  "
             f"MFU {100 * result['mfu']:.1f}%",
             flush=True,
@@ -399,9 +423,22 @@ def run_train(args: argparse.Namespace) -> dict:
     feeding = load_config(overrides=[*BENCH_MODEL, "model.input_feeding=true"])
     flops = flops_per_target_token(bench, vocab, src_per_tgt, src_len)
     flops_feeding = flops_per_target_token(feeding, vocab, src_per_tgt, src_len)
+    gnmt = load_config(overrides=GNMT_MODEL)
+    gnmt_batches = synthetic_batches(device, args.gnmt_updates, sentences=args.gnmt_sentences)
+    gnmt_flops = flops_per_target_token(gnmt, 32000, 1.0, 28.5)
+    dry_run = device.type != "cuda"  # fp16 needs CUDA: a CPU dry run leaves it out
+    one_by_one = args.only not in ("gnmt", "interleaved")
+
     # (name, config, precision, choices, s2s_step options); the first row is the default
     variants = [
         ("s2s fast path, bf16", bench, "bf16", {}, {}),
+        (
+            "s2s fast path, bf16, numbers read back in the update",
+            bench,
+            "bf16",
+            {"deferred": False},
+            {},
+        ),
         ("s2s fast path, bf16, gathered positions (sync)", bench, "bf16", {"gather": True}, {}),
         ("s2s fast path, bf16, foreach Adam", bench, "bf16", {"fused_adam": False}, {}),
         ("s2s fast path, bf16, RNN bf16", bench, "bf16", {"rnn": "bf16"}, {}),
@@ -411,26 +448,21 @@ def run_train(args: argparse.Namespace) -> dict:
         ("s2s input feeding, bf16", feeding, "bf16", {}, {}),
         ("s2s input feeding, fp32", feeding, "fp32", {}, {}),
     ]
-    dry_run = device.type != "cuda"  # fp16 needs CUDA: a CPU dry run leaves it out
-    if args.only == "gnmt":
-        variants = []
-    for name, cfg, precision, chosen, options in variants:
+    for name, cfg, precision, chosen, options in variants if one_by_one else []:
         if dry_run and precision == "fp16":
             continue
         with choices(**chosen):
             step, params = s2s_step(cfg, vocab, precision, device, **options)
             result = measure(step, batches, device)
         record("bench-lstm", name, result, flops_feeding if cfg is feeding else flops, params)
-    for precision in () if args.only == "gnmt" else ("bf16",) if dry_run else ("bf16", "fp16"):
+    for precision in (("bf16",) if dry_run else ("bf16", "fp16")) if one_by_one else ():
         step, params = ref_step(bench, vocab, precision, device)
         result = measure(step, batches, device)
         record("bench-lstm", f"reference loop, {precision}", result, flops, params)
 
-    gnmt = load_config(overrides=GNMT_MODEL)
-    gnmt_batches = synthetic_batches(device, args.gnmt_updates, sentences=args.gnmt_sentences)
-    gnmt_flops = flops_per_target_token(gnmt, 32000, 1.0, 28.5)
     gnmt_variants = [
         ("s2s, bf16", "bf16", {}),
+        ("s2s, bf16, numbers read back in the update", "bf16", {"deferred": False}),
         ("s2s, bf16, gathered positions (sync)", "bf16", {"gather": True}),
         ("s2s, bf16, foreach Adam", "bf16", {"fused_adam": False}),
         ("s2s, bf16, RNN bf16", "bf16", {"rnn": "bf16"}),
@@ -439,37 +471,152 @@ def run_train(args: argparse.Namespace) -> dict:
         # the default again, last: how much of the gaps above is the order of measurement
         ("s2s, bf16 (again, measured last)", "bf16", {}),
     ]
-    for name, precision, chosen in gnmt_variants[: 1 if dry_run else len(gnmt_variants)]:
-        with choices(**chosen):
-            step, params = s2s_step(gnmt, 32000, precision, device)
-            result = measure(step, gnmt_batches, device)
-        record("gnmt-v2", name, result, gnmt_flops, params)
-        if name == "s2s, bf16" and args.profile:
+    if args.only != "interleaved":
+        for name, precision, chosen in gnmt_variants[: 1 if dry_run else len(gnmt_variants)]:
             with choices(**chosen):
-                profiles.append(profile_steps("gnmt-v2 s2s, bf16", step, gnmt_batches, device))
-    for precision in ("bf16",) if dry_run else ("bf16", "fp16"):
-        step, params = ref_step(gnmt, 32000, precision, device)
-        result = measure(step, gnmt_batches, device)
-        record("gnmt-v2", f"reference loop, {precision}", result, gnmt_flops, params)
-        if precision == "bf16" and args.profile:
-            profiles.append(profile_steps("gnmt-v2 reference, bf16", step, gnmt_batches, device))
+                step, params = s2s_step(gnmt, 32000, precision, device)
+                result = measure(step, gnmt_batches, device)
+            record("gnmt-v2", name, result, gnmt_flops, params)
+        for precision in ("bf16",) if dry_run else ("bf16", "fp16"):
+            step, params = ref_step(gnmt, 32000, precision, device)
+            result = measure(step, gnmt_batches, device)
+            record("gnmt-v2", f"reference loop, {precision}", result, gnmt_flops, params)
+
     if args.interleave:
-        # s2s's defaults and the reference in turns (ABAB...), both models built once: one
-        # configuration measured twice in a process differed by up to 20% on an H200, so the
-        # ratio of their medians is the claim, not any single pair of rows
-        s2s, params = s2s_step(gnmt, 32000, "bf16", device)
-        reference, ref_params = ref_step(gnmt, 32000, "bf16", device)
-        ratios = []
-        for turn in range(args.interleave):
-            ours = measure(s2s, gnmt_batches, device)
-            theirs = measure(reference, gnmt_batches, device)
-            ratios.append(ours["tokens_per_s"] / theirs["tokens_per_s"])
-            record("gnmt-v2", f"s2s, bf16 (turn {turn + 1})", ours, gnmt_flops, params)
-            record(
-                "gnmt-v2", f"reference loop, bf16 (turn {turn + 1})", theirs, gnmt_flops, ref_params
+        # Every system built once, then measured in turns (ABC..ABC..): one configuration
+        # measured twice in a process differed by up to 20% on an H200, so the ratio of the
+        # medians over the turns is the claim, not any single pair of rows.
+        half = [] if dry_run else ["fp16"]
+        lstm_systems = [
+            ("s2s fast path, bf16", bench, "bf16", {}),
+            (
+                "s2s fast path, bf16, numbers read back in the update",
+                bench,
+                "bf16",
+                {"deferred": False},
+            ),
+            ("s2s fast path, bf16, RNN autocast fp16", bench, "bf16", {"rnn": "autocast"}),
+            ("s2s fast path, fp32", bench, "fp32", {}),
+        ]
+        gnmt_systems = [
+            ("s2s, bf16", gnmt, "bf16", {}),
+            ("s2s, bf16, numbers read back in the update", gnmt, "bf16", {"deferred": False}),
+            ("s2s, bf16, RNN autocast fp16", gnmt, "bf16", {"rnn": "autocast"}),
+            ("s2s, bf16, RNN bf16", gnmt, "bf16", {"rnn": "bf16"}),
+            *[("s2s, fp16", gnmt, "fp16", {}) for _ in half],
+        ]
+        for model, systems, data, model_flops, vocab_size in (
+            ("bench-lstm", lstm_systems, batches, flops, vocab),
+            ("gnmt-v2", gnmt_systems, gnmt_batches, gnmt_flops, 32000),
+        ):
+            if args.only == "gnmt" and model == "bench-lstm":
+                continue
+            cfg = systems[0][1]
+            built = []
+            for name, config, precision, chosen in systems:
+                with choices(**chosen):
+                    step, params = s2s_step(config, vocab_size, precision, device)
+                built.append((name, step, params, chosen))
+            for precision in ("bf16", *half):
+                step, params = ref_step(cfg, vocab_size, precision, device)
+                built.append((f"reference loop, {precision}", step, params, {}))
+            summaries.append(
+                interleave(model, built, data, device, args.interleave, model_flops, record)
             )
-        print(f"# gnmt-v2 s2s / reference per turn: {', '.join(f'{r:.2f}' for r in ratios)}")
-    return {"environment": env, "rows": rows, "profiles": profiles}
+            if model == "gnmt-v2" and args.profile:
+                for name, step, _, chosen in (built[0], built[len(systems)]):
+                    with choices(**chosen):
+                        profiles.append(profile_steps(f"gnmt-v2 {name}", step, data, device))
+    return {"environment": env, "rows": rows, "interleaved": summaries, "profiles": profiles}
+
+
+def interleave(model: str, built: list, batches, device, turns: int, flops, record) -> dict:
+    """``turns`` rounds over the built systems, each measured once per round; the median tokens/s
+    of each and its ratio to the reference loop's median (bf16), printed and returned."""
+    seen: dict[str, list[float]] = {name: [] for name, *_ in built}
+    for turn in range(turns):
+        for name, step, params, chosen in built:
+            with choices(**chosen):
+                result = measure(step, batches, device, warm=turn == 0)
+            record(model, f"{name} (turn {turn + 1})", result, flops, params)
+            seen[name].append(result["tokens_per_s"])
+    medians = {name: sorted(v)[len(v) // 2] for name, v in seen.items()}
+    reference = medians["reference loop, bf16"]
+    summary = {
+        "model": model,
+        "turns": turns,
+        "tokens_per_s": seen,
+        "median_tokens_per_s": medians,
+        "median_over_reference_bf16": {name: m / reference for name, m in medians.items()},
+    }
+    print(f"# {model}, medians over {turns} interleaved turns:", flush=True)
+    for name, median in medians.items():
+        print(
+            f"#   {name:52s} {median:>10,.0f} tok/s  {median / reference:.2f}x the reference (bf16)"
+            f"  [{', '.join(f'{v:,.0f}' for v in seen[name])}]",
+            flush=True,
+        )
+    return summary
+
+
+def run_trainer(args: argparse.Namespace) -> dict:
+    """The trainer itself (``s2s_cli.train``, what ``s2s train`` runs) on the Multi30k GPU recipe's
+    model, with an update's numbers read one update late (the default on CUDA) and read back in
+    the update, in turns; tokens/s from the trainer's own log windows (the first left out)."""
+    import tempfile
+
+    from s2s_cli import train
+
+    root = Path(__file__).resolve().parent.parent
+    overrides = [
+        "train.max_minutes=null",
+        f"train.max_updates={args.updates}",
+        "train.validate_every=1000000",  # no validation inside the timed windows
+        "train.validate_metric=loss",  # the final one: cheap
+        "train.log_every=50",
+    ]
+    if args.device == "cpu":  # a dry run of the script itself
+        overrides += [
+            "train.precision=fp32",
+            "model.hidden_size=32",
+            "model.embed_dim=32",
+            "model.encoder_hidden_size=32",
+            "train.max_tokens=512",
+            "train.log_every=2",
+        ]
+    recipe = root / "recipes/multi30k/gpu.yaml"
+    bf16 = load_config(recipe, overrides=overrides)
+    systems = [
+        ("s2s train, numbers read one update late", bf16, {}),
+        ("s2s train, numbers read back in the update", bf16, {"deferred": False}),
+    ]
+    if args.fp32:  # the recipe's precision (bf16) against fp32, both with the defaults
+        fp32 = load_config(recipe, overrides=[*overrides, "train.precision=fp32"])
+        systems.append(("s2s train, fp32, numbers read one update late", fp32, {}))
+    seen: dict[str, list[float]] = {name: [] for name, *_ in systems}
+    for turn in range(args.turns):
+        for name, cfg, chosen in systems:
+            with tempfile.TemporaryDirectory() as tmp, choices(**chosen):
+                start = time.perf_counter()
+                train(cfg, args.data, Path(tmp), device=args.device)
+                wall = time.perf_counter() - start
+                lines = (Path(tmp) / "metrics.jsonl").read_text().splitlines()
+            speeds = [r["tokens_per_s"] for r in map(json.loads, lines) if r["kind"] == "train"]
+            median = sorted(speeds[1:])[len(speeds[1:]) // 2]
+            seen[name].append(median)
+            print(
+                f"{name} (turn {turn + 1}): median {median:,.0f} tok/s over "
+                f"{len(speeds) - 1} log windows, {wall:.1f} s in all",
+                flush=True,
+            )
+    medians = {name: sorted(v)[len(v) // 2] for name, v in seen.items()}
+    first, second = (medians[name] for name, *_ in systems[:2])
+    print(
+        f"# trainer: read one update late / read back in the update = {first / second:.2f}x "
+        f"(medians over {args.turns} turns)",
+        flush=True,
+    )
+    return {"updates": args.updates, "turns": args.turns, "tokens_per_s": seen, "medians": medians}
 
 
 # -- decoding ---------------------------------------------------------------------------------
@@ -590,13 +737,25 @@ def main() -> None:
     train = sub.add_parser("train")
     train.add_argument("--data", type=Path, required=True, help="preprocessed Multi30k en-de")
     train.add_argument("--updates", type=int, default=60)
-    train.add_argument("--gnmt-updates", type=int, default=20)
+    train.add_argument("--gnmt-updates", type=int, default=40)
     train.add_argument("--gnmt-sentences", type=int, default=128)
     train.add_argument("--profile", action="store_true", help="profile a GNMT update of each")
-    train.add_argument("--only", choices=["gnmt"], help="measure the GNMT-shaped model alone")
     train.add_argument(
-        "--interleave", type=int, default=0, help="then N turns of GNMT s2s vs reference, ABAB"
+        "--only",
+        choices=["gnmt", "interleaved"],
+        help="gnmt: the GNMT-shaped model alone; interleaved: only the interleaved turns",
     )
+    train.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        help="then N turns over s2s's choices and the reference loop (per model), ABC..ABC..",
+    )
+    trainer = sub.add_parser("trainer")
+    trainer.add_argument("--data", type=Path, required=True, help="preprocessed Multi30k en-de")
+    trainer.add_argument("--updates", type=int, default=500)
+    trainer.add_argument("--turns", type=int, default=2)
+    trainer.add_argument("--fp32", action="store_true", help="also the recipe in fp32")
     decode = sub.add_parser("decode")
     decode.add_argument("--checkpoint", type=Path, required=True)
     decode.add_argument("--source", type=Path, required=True)
@@ -605,13 +764,14 @@ def main() -> None:
     decode.add_argument("--big-batch", type=int, default=1024)
     decode.add_argument("--budget-s", type=float, default=120.0)
     decode.add_argument("--profile", action="store_true", help="profile beam 5 on 128 sentences")
-    for p in (train, decode):
+    for p in (train, trainer, decode):
         p.add_argument("--out", type=Path, help="write the results as JSON here")
         p.add_argument("--device", default="cuda", help="cpu: a dry run of this script")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("benchmarks/gpu.py: needs a CUDA device")
-    result = run_train(args) if args.command == "train" else run_decode(args)
+    commands = {"train": run_train, "trainer": run_trainer, "decode": run_decode}
+    result = commands[args.command](args)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole GPU check in one run (about 9 minutes on one H100 or H200): the training benchmark
-# (alone on the GPU, with a profile of one GNMT-shaped update), then the Multi30k en-de GPU recipe
+# (alone on the GPU: s2s's choices and the reference loop in interleaved turns, a profile of one
+# GNMT-shaped update, then the trainer itself), then the Multi30k en-de GPU recipe
 # with two seeds side by side (time to quality) while the `gpu` tests run beside them, the
 # two-model ensemble, reduced-precision decoding on the real model, and the decoding benchmark.
 # Runs from the source tree (PYTHONPATH=.) on a machine that has torch, sacrebleu, sentencepiece,
@@ -83,11 +84,17 @@ if [ -n "${DECODE_MODEL:-}" ]; then
   real_model_test "$DECODE_MODEL" 40
 fi
 
-train_sizes=()
-[ "${DRY:-0}" = 1 ] && train_sizes=(--updates 2 --gnmt-updates 1 --gnmt-sentences 2)
+train_sizes=() trainer_sizes=(--updates 300 --turns 2)
+[ "${DRY:-0}" = 1 ] && train_sizes=(--updates 2 --gnmt-updates 1 --gnmt-sentences 2) \
+  trainer_sizes=(--updates 6 --turns 1)
 if [ "${TRAIN_BENCH:-1}" = 1 ]; then
-  stage "training benchmark" 150 python3 benchmarks/gpu.py train --profile --interleave 5 "${dry[@]}" "${train_sizes[@]}" \
+  # s2s's choices and the reference loop measured in turns (the medians are the claim), then
+  # the trainer itself with an update's numbers read late and read at once
+  stage "training benchmark" 170 python3 benchmarks/gpu.py train --profile --interleave 5 \
+    --only interleaved "${dry[@]}" "${train_sizes[@]}" \
     --data gpu_data/multi30k-en-de-bpe8000 --out "$work/bench/train.json"
+  stage "trainer benchmark" 90 python3 benchmarks/gpu.py trainer "${dry[@]}" "${trainer_sizes[@]}" \
+    --data gpu_data/multi30k-en-de-bpe8000 --out "$work/bench/trainer.json"
 fi
 
 if [ "${RECIPE:-1}" = 0 ]; then  # the gpu tests alone, no recipe

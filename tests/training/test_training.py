@@ -371,6 +371,120 @@ def test_fp16_step_with_non_finite_gradient_is_skipped(tiny_dataset):
     assert not torch.equal(before["decoder.output_bias"], model.decoder.output_bias)
 
 
+def _fused_adam(params, cfg=None):
+    """PyTorch's fused Adam, which build_optimizer picks on CUDA, here on the CPU."""
+    return torch.optim.Adam(list(params), lr=1e-2, fused=True)
+
+
+def _inf_gradient_on_call(updater: Updater, calls: set[int]) -> None:
+    """Make the updater's ``launch`` calls numbered ``calls`` (from 1) have an infinite gradient."""
+    launch, count = updater.launch, [0]
+    bias = updater.loss_module.model.decoder.output_bias
+
+    def launch_with_inf(batches, teacher_forcing):
+        count[0] += 1
+        handle = (
+            bias.register_hook(lambda g: torch.full_like(g, float("inf")))
+            if count[0] in calls
+            else None
+        )
+        try:
+            return launch(batches, teacher_forcing)
+        finally:
+            if handle is not None:
+                handle.remove()
+
+    updater.launch = launch_with_inf
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["no-scaler", "grad-scaler"])
+def test_an_update_skipped_on_the_device_equals_one_skipped_on_the_host(
+    tiny_dataset, monkeypatch, scaled
+):
+    """Where the fused optimizer skips a non-finite update on the device (CUDA's default, forced
+    here on the CPU), nothing is read back while the update is queued, and every number, weight
+    and optimizer state equals the run whose host read the gradient norm and skipped the step."""
+    from s2s_cli.training import step
+
+    split = Dataset(tiny_dataset).split("train")
+    batches = [collate(split, np.arange(i * 8, i * 8 + 10)) for i in range(5)]
+    runs = []
+    for deferred in (False, True):
+        monkeypatch.setitem(step.DEFERRED_RESULTS, "cpu", deferred)
+        model = _model()
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0) if scaled else None
+        updater = Updater(
+            LossModule(model, 0.1),
+            _fused_adam(model.parameters()),
+            scaler,
+            torch.device("cpu"),
+            "fp32",
+            1.0,
+            DistributedContext(),
+        )
+        assert updater.skips_on_device == deferred
+        _inf_gradient_on_call(updater, {2, 3})
+        results, weights = [], []
+        for batch in batches:
+            pending = updater.launch([batch], 1.0)
+            assert pending.ready != deferred  # deferred: the numbers stay on the device
+            results.append(pending.result())
+            weights.append({k: v.clone() for k, v in model.state_dict().items()})
+        steps = [s["step"].item() for s in updater.optimizer.state.values()]
+        runs.append((results, weights, steps, scaler.get_scale() if scaled else None))
+    (host, host_weights, host_steps, host_scale), (device, device_weights, steps, scale) = runs
+    assert [r.skipped for r in host] == [False, True, True, False, False]
+    assert device == host  # loss, nll, tokens, gradient norm, skipped, padding
+    for update, (a, b) in enumerate(zip(host_weights, device_weights, strict=True), 1):
+        assert all(torch.equal(a[k], b[k]) for k in a), f"update {update}"
+    assert all(torch.equal(device_weights[0][k], device_weights[2][k]) for k in device_weights[0])
+    assert steps == host_steps == [3.0] * len(steps)  # two of five updates skipped
+    assert scale == host_scale
+
+
+def test_training_with_results_read_one_update_late_equals_the_synchronous_run(
+    tiny_dataset, tmp_path, monkeypatch, caplog
+):
+    """The trainer records an update's numbers after queueing the next one where the device
+    skips: same weights, metrics, skip count and warnings as the run that reads them at once."""
+    from s2s_cli.training import step, trainer
+
+    monkeypatch.setattr(trainer, "build_optimizer", _fused_adam)
+    original = trainer.TrainingRun._build
+
+    def build_with_an_inf_update(self):
+        original(self)
+        _inf_gradient_on_call(self.updater, {3, 7})
+
+    monkeypatch.setattr(trainer.TrainingRun, "_build", build_with_an_inf_update)
+    common = ["train.max_updates=9", "train.validate_every=4", "train.max_tokens=1500"]
+    outcomes = []
+    for deferred in (False, True):
+        monkeypatch.setitem(step.DEFERRED_RESULTS, "cpu", deferred)
+        save_dir = tmp_path / f"deferred-{deferred}"
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            run(tiny_dataset, save_dir, *common)
+        rows = [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
+        for row in rows:
+            row.pop("elapsed_s", None), row.pop("tokens_per_s", None)
+        skips = [r.getMessage() for r in caplog.records if "step skipped" in r.getMessage()]
+        checkpoint = load_checkpoint(save_dir / "checkpoint_last.pt")
+        outcomes.append((checkpoint, rows, skips))
+    (host, host_rows, host_skips), (device, device_rows, device_skips) = outcomes
+    assert (
+        host_skips
+        == device_skips
+        == [
+            "update 3: non-finite gradients, step skipped (1 so far)",
+            "update 7: non-finite gradients, step skipped (2 so far)",
+        ]
+    )
+    assert device.progress.skipped == host.progress.skipped == 2
+    assert device_rows == host_rows and len(host_rows) >= 9
+    assert all(torch.equal(host.model[k], device.model[k]) for k in host.model)
+
+
 def test_fp16_on_cpu_is_a_clear_config_error(tiny_dataset, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("fp16 is supported where CUDA is")
