@@ -2,7 +2,7 @@
 """GPU throughput of s2s training and decoding, each beside a plain-PyTorch reference in one run.
 
     python benchmarks/gpu.py train  --data DATASET_DIR [--out DIR]
-    python benchmarks/gpu.py trainer --data DATASET_DIR [--updates 500 --turns 2 --fp32]
+    python benchmarks/gpu.py trainer --data DATASET_DIR [--updates 500 --turns 2]
     python benchmarks/gpu.py decode --checkpoint CKPT --source test.en.gz [--big-lines 100000]
 
 ``train`` times updates (forward, backward, clipping, Adam) in this process, with CUDA
@@ -16,6 +16,16 @@ synchronised around the timed window, in steady state (a second pass over the sa
   4-layer 1024 decoder with attention, 32k vocabulary, synthetic batches of 128 sentences of
   25-30 tokens: s2s vs the reference loop; ``--profile`` adds where one update's time goes
   (kernels per update, GPU busy time against wall time, the costliest kernels) for both.
+
+``--interleave N`` then builds s2s's main choices and the reference loop once per model and
+measures them in N turns (ABC..ABC..), reporting each one's median and its ratio to the reference
+loop's median: the same configuration measured twice in one process differed by up to 20% on an
+H200, so single rows decide nothing; ``--only interleaved`` leaves the one-by-one rows out.
+The synthetic GNMT batches carry their token counts on the host, as ``collate`` gives them to the
+trainer (before 2026-11-27 they did not, and each s2s update read its counts back from the GPU).
+
+``trainer`` runs the trainer itself (``s2s train``'s code) on the Multi30k GPU recipe's model, in
+the recipe's bf16 and in fp32, in turns, and reports the medians of its own log's tokens/s.
 
 The reference loop is what a user writes by hand: ``nn.Embedding``, ``nn.LSTM`` over padded
 batches, batched attention, ``nn.Linear`` over every position and ``F.cross_entropy`` with label
@@ -251,20 +261,14 @@ def measure(step, batches: list[Batch], device: torch.device, warm: bool = True)
 
 
 @contextlib.contextmanager
-def choices(
-    rnn: str | None = None,
-    gather: bool | None = None,
-    fused_adam: bool | None = None,
-    deferred: bool | None = None,
-):
+def choices(rnn: str | None = None, gather: bool | None = None, fused_adam: bool | None = None):
     """The per-device choices s2s makes, set for one measurement and restored afterwards:
     ``rnn`` recurrent.BF16_RNN_ON_CUDA, ``gather`` step.GATHER_POSITIONS["cuda"], ``fused_adam``
-    schedule.FUSED_ON_CUDA, ``deferred`` step.DEFERRED_RESULTS["cuda"] (None: the default)."""
+    schedule.FUSED_ON_CUDA (None: the default)."""
     saved = (
         recurrent.BF16_RNN_ON_CUDA,
         step_module.GATHER_POSITIONS["cuda"],
         schedule.FUSED_ON_CUDA,
-        step_module.DEFERRED_RESULTS["cuda"],
     )
     try:
         if rnn is not None:
@@ -273,12 +277,10 @@ def choices(
             step_module.GATHER_POSITIONS["cuda"] = gather
         if fused_adam is not None:
             schedule.FUSED_ON_CUDA = fused_adam
-        if deferred is not None:
-            step_module.DEFERRED_RESULTS["cuda"] = deferred
         yield
     finally:
         recurrent.BF16_RNN_ON_CUDA, step_module.GATHER_POSITIONS["cuda"] = saved[:2]
-        schedule.FUSED_ON_CUDA, step_module.DEFERRED_RESULTS["cuda"] = saved[2:]
+        schedule.FUSED_ON_CUDA = saved[2]
 
 
 def profile_steps(name: str, step, batches: list[Batch], device: torch.device, updates: int = 3):
@@ -340,16 +342,7 @@ def s2s_step(cfg, vocab, precision, device, encoder_impl="auto", fused=None):
     loss_module = LossModule(model, 0.1, fused=fused)
     updater = Updater(loss_module, optimizer, scaler, device, precision, 5.0, DistributedContext())
     params = parameter_counts(model)["total"]
-    queued = []
-
-    def step(batch: Batch) -> None:
-        # as the trainer does: an update's numbers are read after the next update is queued
-        # (at once where the host decides the skip: step.DEFERRED_RESULTS)
-        queued.append(updater.launch([batch], 1.0))
-        while len(queued) > 1 or (queued and queued[0].ready):
-            queued.pop(0).result()
-
-    return step, params
+    return (lambda batch: updater.update([batch], 1.0)), params
 
 
 def ref_step(cfg, vocab, precision, device):
@@ -432,13 +425,6 @@ def run_train(args: argparse.Namespace) -> dict:
     # (name, config, precision, choices, s2s_step options); the first row is the default
     variants = [
         ("s2s fast path, bf16", bench, "bf16", {}, {}),
-        (
-            "s2s fast path, bf16, numbers read back in the update",
-            bench,
-            "bf16",
-            {"deferred": False},
-            {},
-        ),
         ("s2s fast path, bf16, gathered positions (sync)", bench, "bf16", {"gather": True}, {}),
         ("s2s fast path, bf16, foreach Adam", bench, "bf16", {"fused_adam": False}, {}),
         ("s2s fast path, bf16, RNN bf16", bench, "bf16", {"rnn": "bf16"}, {}),
@@ -462,7 +448,6 @@ def run_train(args: argparse.Namespace) -> dict:
 
     gnmt_variants = [
         ("s2s, bf16", "bf16", {}),
-        ("s2s, bf16, numbers read back in the update", "bf16", {"deferred": False}),
         ("s2s, bf16, gathered positions (sync)", "bf16", {"gather": True}),
         ("s2s, bf16, foreach Adam", "bf16", {"fused_adam": False}),
         ("s2s, bf16, RNN bf16", "bf16", {"rnn": "bf16"}),
@@ -489,18 +474,11 @@ def run_train(args: argparse.Namespace) -> dict:
         half = [] if dry_run else ["fp16"]
         lstm_systems = [
             ("s2s fast path, bf16", bench, "bf16", {}),
-            (
-                "s2s fast path, bf16, numbers read back in the update",
-                bench,
-                "bf16",
-                {"deferred": False},
-            ),
             ("s2s fast path, bf16, RNN autocast fp16", bench, "bf16", {"rnn": "autocast"}),
             ("s2s fast path, fp32", bench, "fp32", {}),
         ]
         gnmt_systems = [
             ("s2s, bf16", gnmt, "bf16", {}),
-            ("s2s, bf16, numbers read back in the update", gnmt, "bf16", {"deferred": False}),
             ("s2s, bf16, RNN autocast fp16", gnmt, "bf16", {"rnn": "autocast"}),
             ("s2s, bf16, RNN bf16", gnmt, "bf16", {"rnn": "bf16"}),
             *[("s2s, fp16", gnmt, "fp16", {}) for _ in half],
@@ -561,13 +539,13 @@ def interleave(model: str, built: list, batches, device, turns: int, flops, reco
 
 def run_trainer(args: argparse.Namespace) -> dict:
     """The trainer itself (``s2s_cli.train``, what ``s2s train`` runs) on the Multi30k GPU recipe's
-    model, with an update's numbers read one update late (the default on CUDA) and read back in
-    the update, in turns; tokens/s from the trainer's own log windows (the first left out)."""
+    model in the recipe's precision (bf16) and in fp32, in turns; tokens/s from the trainer's own
+    log windows (the first left out), the median of each run, then the median over the turns."""
     import tempfile
 
     from s2s_cli import train
 
-    root = Path(__file__).resolve().parent.parent
+    recipe = Path(__file__).resolve().parent.parent / "recipes/multi30k/gpu.yaml"
     overrides = [
         "train.max_minutes=null",
         f"train.max_updates={args.updates}",
@@ -577,26 +555,20 @@ def run_trainer(args: argparse.Namespace) -> dict:
     ]
     if args.device == "cpu":  # a dry run of the script itself
         overrides += [
-            "train.precision=fp32",
             "model.hidden_size=32",
             "model.embed_dim=32",
             "model.encoder_hidden_size=32",
             "train.max_tokens=512",
             "train.log_every=2",
         ]
-    recipe = root / "recipes/multi30k/gpu.yaml"
-    bf16 = load_config(recipe, overrides=overrides)
-    systems = [
-        ("s2s train, numbers read one update late", bf16, {}),
-        ("s2s train, numbers read back in the update", bf16, {"deferred": False}),
-    ]
-    if args.fp32:  # the recipe's precision (bf16) against fp32, both with the defaults
-        fp32 = load_config(recipe, overrides=[*overrides, "train.precision=fp32"])
-        systems.append(("s2s train, fp32, numbers read one update late", fp32, {}))
-    seen: dict[str, list[float]] = {name: [] for name, *_ in systems}
+    systems = {
+        "s2s train, bf16 (the recipe)": load_config(recipe, overrides=overrides),
+        "s2s train, fp32": load_config(recipe, overrides=[*overrides, "train.precision=fp32"]),
+    }
+    seen: dict[str, list[float]] = {name: [] for name in systems}
     for turn in range(args.turns):
-        for name, cfg, chosen in systems:
-            with tempfile.TemporaryDirectory() as tmp, choices(**chosen):
+        for name, cfg in systems.items():
+            with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
                 train(cfg, args.data, Path(tmp), device=args.device)
                 wall = time.perf_counter() - start
@@ -610,11 +582,9 @@ def run_trainer(args: argparse.Namespace) -> dict:
                 flush=True,
             )
     medians = {name: sorted(v)[len(v) // 2] for name, v in seen.items()}
-    first, second = (medians[name] for name, *_ in systems[:2])
+    bf16, fp32 = medians.values()
     print(
-        f"# trainer: read one update late / read back in the update = {first / second:.2f}x "
-        f"(medians over {args.turns} turns)",
-        flush=True,
+        f"# trainer: fp32 / bf16 = {fp32 / bf16:.2f}x (medians over {args.turns} turns)", flush=True
     )
     return {"updates": args.updates, "turns": args.turns, "tokens_per_s": seen, "medians": medians}
 
@@ -755,7 +725,6 @@ def main() -> None:
     trainer.add_argument("--data", type=Path, required=True, help="preprocessed Multi30k en-de")
     trainer.add_argument("--updates", type=int, default=500)
     trainer.add_argument("--turns", type=int, default=2)
-    trainer.add_argument("--fp32", action="store_true", help="also the recipe in fp32")
     decode = sub.add_parser("decode")
     decode.add_argument("--checkpoint", type=Path, required=True)
     decode.add_argument("--source", type=Path, required=True)

@@ -1,11 +1,4 @@
-"""One optimisation update: loss over micro-batches, (DDP) backward, clip, guarded step.
-
-An update whose gradients are not finite is not applied. Where the optimizer can skip on the
-device (PyTorch's fused Adam/AdamW take a ``found_inf`` flag, as the fp16 gradient scaler uses),
-the update is queued whole without waiting for the device, and its numbers (loss, gradient
-norm, skipped or not) are read back later: :meth:`Updater.launch` returns a
-:class:`PendingUpdate`. Elsewhere the gradient norm is read back before the step, as before.
-"""
+"""One optimisation update: loss over micro-batches, (DDP) backward, clip, guarded step."""
 
 from __future__ import annotations
 
@@ -35,13 +28,6 @@ FUSED_LOSS = {"cpu": True, "cuda": False}
 # waits for the device to learn how many rows come out (a host sync in every forward), so the
 # projection runs at every position and padding is weighted out instead.
 GATHER_POSITIONS = {"cpu": True, "cuda": False}
-
-# Whether the optimizer step's skip is decided on the device and the update's numbers read back
-# later (where the optimizer supports it), per device type. On CUDA, reading the gradient norm
-# back in the middle of every update made the host wait for the backward pass, so the GPU ran
-# dry while the host queued the optimizer step and the next forward (benchmarks/gpu.py measures
-# both). On the CPU every operation is synchronous anyway: nothing to gain.
-DEFERRED_RESULTS = {"cpu": False, "cuda": True}
 
 
 class LossModule(nn.Module):
@@ -92,39 +78,6 @@ class UpdateResult:
     positions: int
 
 
-class PendingUpdate:
-    """An applied (or skipped) update whose numbers may still be on the device.
-
-    ``ready`` is True once they are on the host; :meth:`result` reads them back (one
-    device-to-host copy, which waits for the update to finish) the first time it is called.
-    """
-
-    def __init__(self, values: Tensor, tokens: float, padded: int, positions: int) -> None:
-        self._values = values  # gradient norm, loss sum, nll sum (float64)
-        self._tokens, self._padded, self._positions = tokens, padded, positions
-        self._result: UpdateResult | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self._result is not None
-
-    def result(self) -> UpdateResult:
-        if self._result is None:
-            grad_norm, loss_sum, nll_sum = self._values.tolist()
-            skipped = not math.isfinite(grad_norm)
-            self._result = UpdateResult(
-                loss_sum,
-                nll_sum,
-                int(self._tokens),
-                grad_norm,
-                skipped,
-                self._padded,
-                self._positions,
-            )
-            self._values = None  # type: ignore[assignment]  # (frees the device tensor)
-        return self._result
-
-
 @dataclass
 class Updater:
     """Applies updates: holds the (possibly DDP-wrapped) loss module, optimizer and scaler."""
@@ -138,11 +91,6 @@ class Updater:
     context: DistributedContext
 
     def update(self, batches: list[Batch], teacher_forcing: float) -> UpdateResult:
-        """One update, its numbers read back at once."""
-        return self.launch(batches, teacher_forcing).result()
-
-    def launch(self, batches: list[Batch], teacher_forcing: float) -> PendingUpdate:
-        """One update, queued; where :attr:`skips_on_device`, nothing waits for the device."""
         tokens = all_reduce_sum(
             float(sum(b.target_tokens for b in batches)), self.context, self.device
         )
@@ -159,48 +107,26 @@ class Updater:
             sums += torch.stack([loss.detach().double(), nll.double()])
         norm = self._clip()
         sums = all_reduce_tensor(sums, self.context)
-        padded = sum(b.padding()[0] for b in batches)
-        positions = sum(b.padding()[1] for b in batches)
-        pending = PendingUpdate(
-            torch.cat([norm.reshape(1).double(), sums]), tokens, padded, positions
-        )
-        if self.skips_on_device:
-            self._step(found_inf=(~torch.isfinite(norm)).float())
-        elif not pending.result().skipped:  # one device-to-host copy decides the step
-            self._step(found_inf=None)
+        # One device-to-host copy per update (it decides whether the step is applied).
+        grad_norm, loss_sum, nll_sum = torch.cat([norm.reshape(1).double(), sums]).tolist()
+        skipped = not math.isfinite(grad_norm)
+        if not skipped:
+            try:
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)
+                else:
+                    self.optimizer.step()
+            except RuntimeError as err:  # e.g. Adam's lr / bias correction beyond float range
+                reason = str(err).strip().splitlines()[0][:120]
+                raise TrainingDiverged(
+                    f"the optimizer step failed ({reason}); train.lr is probably far too large"
+                ) from None
         if self.scaler is not None:
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return pending
-
-    @property
-    def skips_on_device(self) -> bool:
-        """Whether a non-finite update is skipped by the optimizer on the device (no read-back):
-        DEFERRED_RESULTS for this device type, and an optimizer that takes ``found_inf``."""
-        return DEFERRED_RESULTS.get(self.device.type, False) and bool(
-            getattr(self.optimizer, "_step_supports_amp_scaling", False)
-        )
-
-    def _step(self, found_inf: Tensor | None) -> None:
-        """The optimizer step; ``found_inf`` (1.0: not finite) makes the optimizer skip it on the
-        device. With a gradient scaler the scaler passes its own flag (set by ``unscale_``)."""
-        try:
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-            elif found_inf is None:
-                self.optimizer.step()
-            else:
-                # the attribute the fused optimizers read, as torch.amp.GradScaler sets it
-                self.optimizer.found_inf = found_inf  # type: ignore[attr-defined]
-                try:
-                    self.optimizer.step()
-                finally:
-                    del self.optimizer.found_inf  # type: ignore[attr-defined]
-        except RuntimeError as err:  # e.g. Adam's lr / bias correction beyond float range
-            reason = str(err).strip().splitlines()[0][:120]
-            raise TrainingDiverged(
-                f"the optimizer step failed ({reason}); train.lr is probably far too large"
-            ) from None
+        padded = sum(b.padding()[0] for b in batches)
+        positions = sum(b.padding()[1] for b in batches)
+        return UpdateResult(loss_sum, nll_sum, int(tokens), grad_norm, skipped, padded, positions)
 
     def _sync(self, last: bool) -> contextlib.AbstractContextManager:
         """Skip DDP's gradient all-reduce on all but the last micro-batch of an update."""

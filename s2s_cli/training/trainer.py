@@ -55,7 +55,7 @@ from s2s_cli.training.divergence import DivergenceWatch
 from s2s_cli.training.report import Reporter
 from s2s_cli.training.save_dir import SAVE_DIR_FILES, SaveDirectory
 from s2s_cli.training.schedule import LearningRate, build_optimizer, teacher_forcing_ratio
-from s2s_cli.training.step import LossModule, PendingUpdate, Updater
+from s2s_cli.training.step import LossModule, Updater
 from s2s_cli.training.validate import HIGHER_IS_BETTER, Validator
 
 log = logging.getLogger(__name__)
@@ -220,9 +220,6 @@ class TrainingRun:
         self.progress = Progress()  # epoch, position, updates, ...: what a resume continues
         self.best = Best(cfg.train.validate_metric)
         self.new_best = False
-        # updates queued on the device whose numbers are not recorded yet (training/step.py):
-        # (update, epoch, pending, lr), at most one left behind by each pass of the loop
-        self._unrecorded: list[tuple[int, int, PendingUpdate, float]] = []
         # Seed per rank for dropout after identical initialisation (DDP also broadcasts rank 0).
         torch.manual_seed(cfg.train.seed * 1000 + self.context.rank)
 
@@ -415,18 +412,21 @@ class TrainingRun:
             return self._run_updates(batch_stream)
 
     def _run_updates(self, batch_stream: Iterator[tuple[int, list[Batch]]]) -> bool:
-        """Apply updates from the stream; True when the epoch ended, False when told to stop.
-
-        Where the device decides an update's skip (training/step.py), its numbers are recorded
-        one update late: after the next update is queued, so the host never waits on an idle GPU.
-        """
+        """Apply updates from the stream; True when the epoch ended, False when told to stop."""
         for index, micro_batches in batch_stream:
             lr = self.lr.apply(self.optimizer, self.progress.updates + 1)
-            pending = self.updater.launch(micro_batches, self._teacher_forcing())
+            result = self.updater.update(micro_batches, self._teacher_forcing())
             self.progress.updates += 1
             self.progress.position = index + 1
-            self._unrecorded.append((self.progress.updates, self.progress.epoch, pending, lr))
-            self._record_updates(all_of_them=False)
+            self.progress.skipped += result.skipped
+            if result.skipped:
+                log.warning(
+                    "update %d: non-finite gradients, step skipped (%d so far)",
+                    self.progress.updates,
+                    self.progress.skipped,
+                )
+            self.divergence.observe(self.progress.updates, result)
+            self.reporter.update(self.progress.updates, self.progress.epoch, result, lr)
             validate_every, save_every = self.cfg.train.validate_every, self.cfg.train.save_every
             if validate_every and self.progress.updates % validate_every == 0:
                 self._validate(scheduled=True)
@@ -434,29 +434,8 @@ class TrainingRun:
             elif save_every and self.progress.updates % save_every == 0:
                 self._save()
             if self._stop_now():
-                self._record_updates()
                 return False
-        self._record_updates()
         return True
-
-    def _record_updates(self, all_of_them: bool = True) -> None:
-        """Count, check and report the queued updates' numbers: all of them, or all but the
-        newest where its numbers are still on the device (read it after queueing the next)."""
-        while self._unrecorded:
-            update, epoch, pending, lr = self._unrecorded[0]
-            if not all_of_them and len(self._unrecorded) == 1 and not pending.ready:
-                return
-            self._unrecorded.pop(0)
-            result = pending.result()
-            self.progress.skipped += result.skipped
-            if result.skipped:
-                log.warning(
-                    "update %d: non-finite gradients, step skipped (%d so far)",
-                    update,
-                    self.progress.skipped,
-                )
-            self.divergence.observe(update, result)
-            self.reporter.update(update, epoch, result, lr)
 
     def _batches(
         self, split: ParallelSplit, batches: list[np.ndarray], start: int, total: int
@@ -527,7 +506,6 @@ class TrainingRun:
 
     def _validate(self, scheduled: bool) -> None:
         """Score the model; ``scheduled`` validations also drive plateau and patience."""
-        self._record_updates()
         if "valid" not in self.dataset.splits:
             return
         metric = self.cfg.train.validate_metric
@@ -564,7 +542,6 @@ class TrainingRun:
         return dict(zip(keys, values.tolist(), strict=True))
 
     def _save(self) -> None:
-        self._record_updates()  # progress.skipped, and a diverged run stops before it saves
         self.progress.train_seconds = self._train_seconds()
         checkpoint = self._checkpoint()
         if self.context.is_main:
