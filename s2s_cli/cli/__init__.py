@@ -16,7 +16,13 @@ from s2s_cli.cli import score as score_cmd
 from s2s_cli.cli import shortlist as shortlist_cmd
 from s2s_cli.cli import train as train_cmd
 from s2s_cli.cli import translate as translate_cmd
-from s2s_cli.cli._common import error, exit_quietly_on_ctrl_c, make_app, tidy_help
+from s2s_cli.cli._common import (
+    error,
+    exit_quietly_on_ctrl_c,
+    exit_without_teardown,
+    make_app,
+    tidy_help,
+)
 from s2s_cli.version import __version__
 
 app = make_app(
@@ -67,11 +73,16 @@ def main() -> None:
     # measured cost in speed. Must be set before torch loads; the user's own setting wins.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
     try:
-        command()(prog_name="s2s")
-    except KeyboardInterrupt:  # outside a command's own handling (e.g. while torch loads)
-        exit_quietly_on_ctrl_c()
-        error("interrupted")
-        sys.exit(130)
-    finally:
+        try:
+            command()(prog_name="s2s")  # (click ends with SystemExit, success included)
+        except KeyboardInterrupt:  # outside a command's own handling (e.g. while torch loads)
+            exit_quietly_on_ctrl_c()
+            error("interrupted")
+            sys.exit(130)
+    except SystemExit as done:
         # Leaving: a Ctrl-C in an exit hook or a thread join ends it quietly (status 130).
+        exit_quietly_on_ctrl_c()
+        exit_without_teardown(done.code)  # returns where skipping teardown could lose something
+        raise
+    finally:
         exit_quietly_on_ctrl_c()

@@ -955,3 +955,60 @@ def test_export_onnx_then_translate_the_directory(trained_checkpoint, tmp_path):
     assert result.stdout.decode() == "THREE TWO ONE\nNINE\n"
     bf16 = s2s("translate", "-c", str(out), "--precision", "bf16", stdin="one\n")
     assert bf16.returncode == 2 and "runs in fp32 only" in one_line_error(bf16)
+
+
+_LEAVING = """
+import atexit, sys, threading, time
+from pathlib import Path
+marks = Path(sys.argv[1])
+if sys.argv[2] == "torch":
+    import torch  # noqa: F401
+from s2s_cli.cli._common import exit_without_teardown
+
+
+class TornDown:  # its __del__ runs when the interpreter tears __main__ down, not after os._exit
+    def __del__(self):
+        (marks / "torn-down").touch()
+
+
+kept = TornDown()
+atexit.register(lambda: (marks / "atexit").touch())
+if sys.argv[3] == "thread":  # a non-daemon thread still running: exit would wait for it
+    threading.Thread(target=time.sleep, args=(0.5,)).start()
+if sys.argv[3] == "profiled":  # as under cProfile, whose report comes after the command
+    sys.setprofile(lambda frame, event, arg: None)
+sys.stdout.write("unflushed output")  # a pipe: block-buffered, still in the buffer
+exit_without_teardown(3)
+sys.setprofile(None)  # (with the hook still set, teardown left __main__'s objects alone)
+(marks / "returned").touch()
+sys.exit(4)
+"""
+
+
+@pytest.mark.parametrize(
+    ("imports", "thread", "skipped"),
+    [
+        ("torch", "none", True),
+        ("torch", "thread", False),
+        ("torch", "profiled", False),
+        ("nothing", "none", False),
+    ],
+    ids=["torch-loaded", "thread-running", "profiled", "no-torch"],
+)
+def test_leaving_skips_the_teardown_only_where_nothing_is_lost(tmp_path, imports, thread, skipped):
+    """With torch loaded, s2s ends without the interpreter's teardown (0.4-0.6 s), keeping what
+    teardown does that matters: atexit callbacks, flushed output, the exit status. A running
+    non-daemon thread, a profiler, or no torch leaves the usual exit to happen (the control for
+    the teardown detector)."""
+    script = tmp_path / "leave.py"
+    script.write_text(_LEAVING)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    done = subprocess.run(
+        [sys.executable, str(script), str(marks), imports, thread], capture_output=True, timeout=120
+    )
+    assert done.stdout == b"unflushed output"
+    assert (marks / "atexit").exists()
+    assert done.returncode == (3 if skipped else 4), done.stderr.decode()[-2000:]
+    assert (marks / "returned").exists() != skipped
+    assert (marks / "torn-down").exists() != skipped
