@@ -26,15 +26,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/out/gpu}
 BUDGET_S=${BUDGET_S:-560}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-work=$(mktemp -d /tmp/s2s-gpu-check.XXXXXX)
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-mkdir -p "$work/bin"
-printf '#!/bin/sh\nexec python3 -m s2s_cli "$@"\n' > "$work/bin/s2s"
-chmod +x "$work/bin/s2s"
-export PATH=$work/bin:$PATH
-exec > >(tee -a "$OUT/summary.log") 2>&1
+source benchmarks/gpu_env.sh gpu-check summary.log
 start=$SECONDS
 
 left() { echo $(( BUDGET_S - (SECONDS - start) )); }

@@ -13,15 +13,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-work=$(mktemp -d /tmp/s2s-ab.XXXXXX)
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-mkdir -p "$work/bin"
-printf '#!/bin/sh\nexec python3 -m s2s_cli "$@"\n' > "$work/bin/s2s"
-chmod +x "$work/bin/s2s"
-export PATH=$work/bin:$PATH
-exec > >(tee -a "$OUT/ab.log") 2>&1
+source benchmarks/gpu_env.sh ab ab.log
 common=${COMMON:-train.seed=1}
 if [ "${DRY:-0}" = 1 ]; then
   common+=" train.max_minutes=null train.max_updates=20 train.validate_every=10 train.save_every=10
