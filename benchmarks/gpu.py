@@ -43,6 +43,7 @@ import argparse
 import contextlib
 import json
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -462,10 +463,16 @@ def run_train(args: argparse.Namespace) -> dict:
                 step, params = s2s_step(gnmt, 32000, precision, device)
                 result = measure(step, gnmt_batches, device)
             record("gnmt-v2", name, result, gnmt_flops, params)
+            if name == "s2s, bf16" and args.profile and not args.interleave:
+                profiles.append(profile_steps("gnmt-v2 s2s, bf16", step, gnmt_batches, device))
         for precision in ("bf16",) if dry_run else ("bf16", "fp16"):
             step, params = ref_step(gnmt, 32000, precision, device)
             result = measure(step, gnmt_batches, device)
             record("gnmt-v2", f"reference loop, {precision}", result, gnmt_flops, params)
+            if precision == "bf16" and args.profile and not args.interleave:
+                profiles.append(
+                    profile_steps("gnmt-v2 reference loop, bf16", step, gnmt_batches, device)
+                )
 
     if args.interleave:
         # Every system built once, then measured in turns (ABC..ABC..): one configuration
@@ -518,7 +525,7 @@ def interleave(model: str, built: list, batches, device, turns: int, flops, reco
                 result = measure(step, batches, device, warm=turn == 0)
             record(model, f"{name} (turn {turn + 1})", result, flops, params)
             seen[name].append(result["tokens_per_s"])
-    medians = {name: sorted(v)[len(v) // 2] for name, v in seen.items()}
+    medians = {name: statistics.median(v) for name, v in seen.items()}
     reference = medians["reference loop, bf16"]
     summary = {
         "model": model,
@@ -574,14 +581,14 @@ def run_trainer(args: argparse.Namespace) -> dict:
                 wall = time.perf_counter() - start
                 lines = (Path(tmp) / "metrics.jsonl").read_text().splitlines()
             speeds = [r["tokens_per_s"] for r in map(json.loads, lines) if r["kind"] == "train"]
-            median = sorted(speeds[1:])[len(speeds[1:]) // 2]
+            median = statistics.median(speeds[1:])
             seen[name].append(median)
             print(
                 f"{name} (turn {turn + 1}): median {median:,.0f} tok/s over "
                 f"{len(speeds) - 1} log windows, {wall:.1f} s in all",
                 flush=True,
             )
-    medians = {name: sorted(v)[len(v) // 2] for name, v in seen.items()}
+    medians = {name: statistics.median(v) for name, v in seen.items()}
     bf16, fp32 = medians.values()
     print(
         f"# trainer: fp32 / bf16 = {fp32 / bf16:.2f}x (medians over {args.turns} turns)", flush=True

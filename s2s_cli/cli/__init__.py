@@ -73,16 +73,16 @@ def main() -> None:
     # measured cost in speed. Must be set before torch loads; the user's own setting wins.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
     try:
-        try:
-            command()(prog_name="s2s")  # (click ends with SystemExit, success included)
-        except KeyboardInterrupt:  # outside a command's own handling (e.g. while torch loads)
-            exit_quietly_on_ctrl_c()
-            error("interrupted")
-            sys.exit(130)
+        command()(prog_name="s2s")  # click ends with SystemExit, success included
+        code: int | str | None = 0
     except SystemExit as done:
+        code = done.code
+    except KeyboardInterrupt:  # outside a command's own handling (e.g. while torch loads)
+        exit_quietly_on_ctrl_c()
+        error("interrupted")
+        code = 130
+    finally:
         # Leaving: a Ctrl-C in an exit hook or a thread join ends it quietly (status 130).
         exit_quietly_on_ctrl_c()
-        exit_without_teardown(done.code)  # returns where skipping teardown could lose something
-        raise
-    finally:
-        exit_quietly_on_ctrl_c()
+    exit_without_teardown(code)  # returns where skipping teardown could lose something
+    sys.exit(code)
