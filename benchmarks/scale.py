@@ -201,6 +201,23 @@ def translate(checkpoint: Path, source_lines: list[str], lines: int, work: Path)
             "peak_rss_mib": rss, "output_lines": produced}  # fmt: skip
 
 
+def training_cells(t: dict | None) -> str:
+    """The table's training columns (first update, RSS at 10 / end, RSS after FLAT_AFTER)."""
+    if t is None:
+        return "- | - | -"
+    flat = t.get(f"rss_after_update_{FLAT_AFTER}_min_max_mib")
+    private = t.get(f"anonymous_rss_after_update_{FLAT_AFTER}_min_max_mib")
+    flat_cell = (
+        f"{flat[0]:,.0f}-{flat[1]:,.0f} MiB (private {private[0]:,.0f}-{private[1]:,.0f})"
+        if flat and private
+        else "-"
+    )
+    return (
+        f"{t['first_update_s']:.1f} s | {t['rss_at_update_10_mib']:,.0f} / "
+        f"{t['rss_at_end_mib']:,.0f} MiB | {flat_cell}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     data_dir_argument(parser)
@@ -213,6 +230,11 @@ def main() -> None:
         "--reuse-data",
         action="store_true",
         help="train on datasets already preprocessed under --out (preprocessing not measured)",
+    )
+    parser.add_argument(
+        "--preprocess-only",
+        action="store_true",
+        help="measure preprocessing alone (no training, no translating)",
     )
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
@@ -232,9 +254,10 @@ def main() -> None:
         else:
             made = preprocess(prefix, args.multi30k, dataset)
         made["pairs_per_s"] = pairs / made["seconds"]
-        trained = train(dataset, args.out / f"run-{scale}x", args.updates)
-        rows.append({"scale": scale, "pairs": pairs, "preprocess": made, "train": trained})
-        checkpoint = args.out / f"run-{scale}x" / "checkpoint_last.pt"
+        rows.append({"scale": scale, "pairs": pairs, "preprocess": made})
+        if not args.preprocess_only:
+            rows[-1]["train"] = train(dataset, args.out / f"run-{scale}x", args.updates)
+            checkpoint = args.out / f"run-{scale}x" / "checkpoint_last.pt"
         print(json.dumps(rows[-1]), flush=True)
     base = rows[0]["preprocess"]
     print(
@@ -243,18 +266,10 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        p, t = r["preprocess"], r["train"]
-        flat = t.get(f"rss_after_update_{FLAT_AFTER}_min_max_mib")
-        private = t.get(f"anonymous_rss_after_update_{FLAT_AFTER}_min_max_mib")
-        flat_cell = (
-            f"{flat[0]:,.0f}-{flat[1]:,.0f} MiB (private {private[0]:,.0f}-{private[1]:,.0f})"
-            if flat and private
-            else "-"
-        )
+        p = r["preprocess"]
         print(f"| {r['scale']}x | {r['pairs']:,} | {p['seconds']:.1f} s | {p['pairs_per_s']:,.0f} "
               f"| {p['peak_rss_mib']:,.0f} MiB | {p['peak_rss_mib'] / base['peak_rss_mib']:.2f}x "
-              f"| {p['output_mib']:,.0f} MiB | {t['first_update_s']:.1f} s "
-              f"| {t['rss_at_update_10_mib']:,.0f} / {t['rss_at_end_mib']:,.0f} MiB | {flat_cell} |")  # fmt: skip
+              f"| {p['output_mib']:,.0f} MiB | {training_cells(r.get('train'))} |")  # fmt: skip
     result = {"machine": machine(), "rows": rows}
     if args.translate_lines and checkpoint is not None:
         source = read_gz_lines(args.multi30k / "train.en.gz")

@@ -37,17 +37,25 @@ class DataConfig:
     spm_type: Literal["bpe", "unigram", "char", "word"] = "bpe"  # SentencePiece model type
     joint: bool = True  # one SentencePiece model shared by source and target
     character_coverage: float = 1.0  # share of characters SentencePiece must cover
-    spm_sample_size: int = 2_000_000  # at most this many distinct sentences train SentencePiece
+    spm_sample_size: int = 2_000_000  # at most this many sentences train SentencePiece
     max_length: int = 250  # drop training pairs with a side longer than this (pieces)
     max_length_ratio: float | None = 9.0  # drop training pairs whose length ratio exceeds this
     workers: int = 1  # encoding threads
-    chunk_lines: int = 20_000  # lines encoded per chunk (bounds memory)
+    chunk_lines: int = 20_000  # at most this many lines encoded per chunk (bounds memory)
+    chunk_chars: int = 2_000_000  # a chunk ends early past this many characters (long lines)
     shard_size: int | None = None  # training pairs per shard (a sharded dataset); null: one
     seed: int = 1  # seed for SentencePiece's sentence sampling
 
     def __post_init__(self) -> None:
         _positive(
-            self, "data", "vocab_size", "max_length", "workers", "chunk_lines", "spm_sample_size"
+            self,
+            "data",
+            "vocab_size",
+            "max_length",
+            "workers",
+            "chunk_lines",
+            "chunk_chars",
+            "spm_sample_size",
         )
         if self.shard_size is not None and self.shard_size <= 0:
             raise ConfigError(f"data.shard_size: {self.shard_size} must be > 0 or null")

@@ -343,17 +343,17 @@ def _split_entry(splits: list[SplitInput], name: str, result: SplitResult) -> di
 class TrainingScan:
     lines: int
     sha256: dict[str, str]
-    samples: dict[str, spm_lib.SentenceSample]
+    samples: dict[str, spm_lib.VocabularySample]
 
 
 def _scan_training_pairs(split: SplitInput, cfg: DataConfig, need_sample: bool) -> TrainingScan:
     if cfg.joint:
-        shared = spm_lib.SentenceSample(cfg.spm_sample_size)
+        shared = spm_lib.vocabulary_sample(cfg.spm_type, cfg.spm_sample_size)
         samples = {"src": shared, "tgt": shared}
     else:
         samples = {
-            "src": spm_lib.SentenceSample(cfg.spm_sample_size),
-            "tgt": spm_lib.SentenceSample(cfg.spm_sample_size),
+            "src": spm_lib.vocabulary_sample(cfg.spm_type, cfg.spm_sample_size),
+            "tgt": spm_lib.vocabulary_sample(cfg.spm_type, cfg.spm_sample_size),
         }
     hashes = {"src": hashlib.sha256(), "tgt": hashlib.sha256()}
     lines = 0
@@ -427,7 +427,7 @@ def _sentencepiece_models(
     return files
 
 
-def _train(sample: spm_lib.SentenceSample, cfg: DataConfig, origin: str) -> bytes:
+def _train(sample: spm_lib.VocabularySample, cfg: DataConfig, origin: str) -> bytes:
     return spm_lib.train_model(
         sample, cfg.vocab_size, cfg.spm_type, cfg.character_coverage, cfg.workers, cfg.seed, origin
     )
@@ -539,7 +539,7 @@ def _encode_split(
                 stack.enter_context(open(tmp / f"{split.name}.raw.{lang}", "w", encoding="utf-8"))
                 for lang in (src_lang, tgt_lang)
             ]
-        for chunk in _chunks(pairs, cfg.chunk_lines):
+        for chunk in _chunks(pairs, cfg.chunk_lines, cfg.chunk_chars):
             src_lines, tgt_lines = zip(*chunk, strict=True)
             src_ids = processors["src"].encode(
                 list(src_lines), out_type=int, num_threads=cfg.workers
@@ -563,8 +563,21 @@ def _encode_split(
     return result
 
 
-def _chunks(pairs: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
-    while chunk := list(itertools.islice(pairs, size)):
+def _chunks(
+    pairs: Iterator[tuple[str, str]], max_lines: int, max_chars: int
+) -> Iterator[list[tuple[str, str]]]:
+    """Pairs in chunks of at most ``max_lines`` pairs, ended early once they hold ``max_chars``
+    characters: a chunk's memory (its text and ids) follows its text, so long lines must not
+    make chunks larger than short ones do."""
+    chunk: list[tuple[str, str]] = []
+    chars = 0
+    for pair in pairs:
+        chunk.append(pair)
+        chars += len(pair[0]) + len(pair[1])
+        if len(chunk) == max_lines or chars >= max_chars:
+            yield chunk
+            chunk, chars = [], 0
+    if chunk:
         yield chunk
 
 

@@ -1,6 +1,7 @@
 import gzip
 import json
 import pickle
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,14 @@ from s2s_cli import Dataset, preprocess
 from s2s_cli.config import load_config
 from s2s_cli.data.indexed import IndexedDataset, IndexedWriter, best_dtype
 from s2s_cli.data.info import dataset_info
-from s2s_cli.data.spm import SPECIAL_IDS, SentenceSample
+from s2s_cli.data.preprocess import _chunks
+from s2s_cli.data.spm import (
+    SPECIAL_IDS,
+    SentenceSample,
+    WordSample,
+    train_model,
+    vocabulary_sample,
+)
 from s2s_cli.errors import DataError, StorageError
 
 
@@ -120,6 +128,20 @@ def test_same_inputs_give_byte_identical_datasets(corpus: Path, tmp_path: Path):
             assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
+def test_chunks_end_at_their_line_or_character_budget_and_change_nothing(
+    corpus: Path, tmp_path: Path
+):
+    pairs = [("a" * n, "b") for n in (1, 2, 30, 1, 1, 1, 1, 1)]
+    sizes = [len(c) for c in _chunks(iter(pairs), max_lines=4, max_chars=20)]
+    assert sizes == [3, 4, 1]  # the long pair ends the first chunk early; then four lines each
+    assert sum(sizes) == len(pairs)
+    default = run(corpus, tmp_path / "a")
+    small = run(corpus, tmp_path / "b", "data.chunk_lines=7", "data.chunk_chars=90")
+    for name in sorted(p.name for p in default.iterdir()):
+        if name not in ("manifest.json", "config.yaml"):  # these record the config
+            assert (default / name).read_bytes() == (small / name).read_bytes(), name
+
+
 def test_existing_destination_needs_force(corpus: Path, tmp_path: Path):
     out = run(corpus, tmp_path / "d")
     marker = (out / "train.src.bin").read_bytes()
@@ -215,6 +237,68 @@ def test_corrupt_index_is_a_data_error(tmp_path: Path):
     (tmp_path / "x.bin").write_bytes(b"")
     with pytest.raises(DataError, match="not an s2s index file"):
         IndexedDataset(tmp_path / "x")
+
+
+def _awkward_sentences(count: int) -> list[str]:
+    """Deterministic sentences with every whitespace SentencePiece treats specially: runs of
+    spaces, tabs, leading and trailing blanks, a no-break and an ideographic space, and a
+    diaeresis (NFKC makes it a space plus a combining mark), with repeated lines; and characters
+    Python counts as whitespace but SentencePiece's normalization deletes or keeps (so splitting
+    there would differ)."""
+    rng = np.random.default_rng(7)
+    words = ["ein", "Mann", "fährt", "Rad", "auf", "der", "Straße", "a", "man", "rides",
+             "bike", "on", "the", "road", "x\u00a0y", "x\u3000y", "a\u00a8b", "Ⅻ", "ﬁne", "p\x1cq", "p\x0bq", "p\x85q"]  # fmt: skip
+    gaps = [" ", " ", " ", "  ", "\t", " \t "]
+    sentences = []
+    for i in range(count):
+        picked = rng.choice(words, size=int(rng.integers(1, 9))).tolist()
+        text = picked[0]
+        for word in picked[1:]:
+            text += gaps[int(rng.integers(len(gaps)))] + word
+        sentences.append((" " if i % 7 == 0 else "") + text + (" " if i % 5 == 0 else ""))
+    return sentences + sentences[:50]
+
+
+@pytest.mark.parametrize(("model_type", "vocab_size"), [("bpe", 60), ("word", 20)])
+def test_word_counts_train_the_same_model_as_the_sentences(model_type: str, vocab_size: int):
+    sentences = _awkward_sentences(800)
+    by_sentence, by_word = SentenceSample(10_000), WordSample(10_000)
+    for sentence in sentences:
+        by_sentence.add(sentence)
+        by_word.add(sentence)
+    assert len(by_word.entries()) < len(by_sentence.entries()) / 10
+
+    def model(sample: SentenceSample | WordSample) -> bytes:
+        return train_model(sample, vocab_size, model_type, 1.0, 1, 1, "corpus")
+
+    assert model(by_word) == model(by_sentence)
+
+
+def test_vocabulary_sample_counts_words_only_where_the_model_is_the_same():
+    assert isinstance(vocabulary_sample("bpe", 10), WordSample)
+    assert isinstance(vocabulary_sample("word", 10), WordSample)
+    # unigram seeds its pieces from whole sentences; char models count the spaces between words
+    assert isinstance(vocabulary_sample("unigram", 10), SentenceSample)
+    assert isinstance(vocabulary_sample("char", 10), SentenceSample)
+
+
+def test_word_sample_is_bounded_and_drops_exactly_the_excluded_sentences():
+    sentences = [f"w{i % 97} v{i % 13} w{i % 97}" for i in range(1000)]
+    sample = WordSample(limit=100)
+    for sentence in sentences:
+        sample.add(sentence)
+    assert 0 < len(sample) <= 100 and sample.lowest_level > 0
+    # the kept sentences are those at or past the final level, whatever the order of arrival
+    kept = [s for s in sentences if 32 - zlib.crc32(s.encode()).bit_length() >= sample.lowest_level]
+    assert len(kept) == len(sample)
+    recount = WordSample(limit=10_000)
+    for sentence in kept:
+        recount.add(sentence)
+    assert sample.entries() == recount.entries()
+    shuffled = WordSample(limit=100)
+    for sentence in reversed(sentences):
+        shuffled.add(sentence)
+    assert shuffled.entries() == sample.entries()
 
 
 def test_sentence_sample_is_bounded_and_counts_duplicates():
