@@ -91,6 +91,7 @@ class ModelConfig:
     tie_embeddings: bool = False  # share target input embeddings with the output layer
     share_embeddings: bool = False  # share source and target embeddings (joint vocabulary)
     dropout: float = 0.2  # dropout on embeddings, between layers and before the output layer
+    word_dropout: float = 0.0  # training: share of input words (source, target) replaced by <unk>
     embed_init_std: float | None = None  # embedding init N(0, std); null: 1/sqrt(embed_dim)
     weight_init: Literal["pytorch", "lecun_normal", "uniform"] = "pytorch"  # see docs/models.md
     init_range: float = 0.1  # weight_init uniform: every parameter U(-init_range, init_range)
@@ -108,6 +109,8 @@ class ModelConfig:
             raise ConfigError(f"model.encoder_hidden_size: {self.encoder_hidden_size} must be > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: {self.dropout} is not in [0, 1)")
+        if not 0.0 <= self.word_dropout < 1.0:
+            raise ConfigError(f"model.word_dropout: {self.word_dropout} is not in [0, 1)")
         if self.embed_init_std is not None and self.embed_init_std <= 0:
             raise ConfigError(f"model.embed_init_std: {self.embed_init_std} must be > 0 or null")
         if self.init_range <= 0:

@@ -56,7 +56,7 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> S
         hidden_size=cfg.hidden_size,
         layers=cfg.decoder_layers,
     )
-    model = Seq2Seq(encoder, decoder, bridge)
+    model = Seq2Seq(encoder, decoder, bridge, word_dropout=cfg.word_dropout)
     if cfg.weight_init == "lecun_normal":
         _lecun_normal_(model)
     elif cfg.weight_init == "uniform":

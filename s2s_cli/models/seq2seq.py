@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from s2s_cli.data.spm import EOS, UNK
 from s2s_cli.models.decoder import Decoder, DecoderState
 from s2s_cli.models.encoder import Encoder, EncoderOut
 from s2s_cli.models.recurrent import has_cell_state
@@ -68,11 +69,14 @@ class Bridge(nn.Module):
 class Seq2Seq(nn.Module):
     """RNN encoder-decoder with optional attention."""
 
-    def __init__(self, encoder: Encoder, decoder: Decoder, bridge: Bridge) -> None:
+    def __init__(
+        self, encoder: Encoder, decoder: Decoder, bridge: Bridge, *, word_dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.bridge = bridge
+        self.word_dropout = word_dropout
 
     # -- the decoding contract ----------------------------------------------------------------
 
@@ -115,7 +119,10 @@ class Seq2Seq(nn.Module):
         The output projection is left to the caller, so training can apply it to non-padding
         positions only. ``teacher_forcing < 1`` feeds back the model's own greedy prediction
         with probability ``1 - teacher_forcing`` per sentence and step (scheduled sampling).
+        In training, ``word_dropout`` replaces that share of the input words by ``<unk>``.
         """
+        if self.training and self.word_dropout > 0:
+            src, tgt_in = drop_words(src, self.word_dropout), drop_words(tgt_in, self.word_dropout)
         enc = self.encode(src, lengths)
         state = self.init_state(enc)
         if self.decoder.fused and teacher_forcing >= 1.0:
@@ -139,3 +146,12 @@ class Seq2Seq(nn.Module):
             attentions.append(attention)
         stacked_attention = None if attentions[0] is None else torch.stack(attentions, dim=1)
         return torch.stack(features, dim=1), stacked_attention
+
+
+def drop_words(tokens: Tensor, rate: float) -> Tensor:
+    """``tokens`` with each word (not PAD, BOS, EOS or UNK) replaced by UNK with probability
+    ``rate``: word dropout (Sennrich et al. 2016; Gal and Ghahramani 2016 drop word types), a
+    regulariser for small corpora that also teaches the model what to do with unknown words."""
+    words = tokens > EOS  # the special ids are 0-3
+    dropped = words & (torch.rand(tokens.shape, device=tokens.device) < rate)
+    return tokens.masked_fill(dropped, UNK)

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from s2s_cli.config import ATTENTIONS, CELLS, PRESETS, ModelConfig, load_config
-from s2s_cli.data.spm import BOS, EOS, PAD
+from s2s_cli.data.spm import BOS, EOS, PAD, UNK
 from s2s_cli.errors import ConfigError
 from s2s_cli.models.build import build_model, parameter_counts
 from s2s_cli.models.encoder import reverse_padded
+from s2s_cli.models.seq2seq import drop_words
 
 VOCAB = 20
 
@@ -297,6 +298,43 @@ def test_teacher_forcing_below_one_feeds_back_predictions():
         expected = model.features(src, lengths, greedy_in, teacher_forcing=1.0)[0]
     assert torch.allclose(free[:, 0], teacher[:, 0], atol=1e-6)
     assert torch.allclose(free, expected, atol=1e-5)
+
+
+def test_drop_words_replaces_that_share_of_words_and_never_a_special_id():
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 50, (200, 500), generator=g)
+    torch.manual_seed(5)
+    dropped = drop_words(tokens, 0.3)
+    changed = dropped != tokens
+    words = tokens > EOS
+    assert not changed[~words].any()  # PAD, UNK, BOS and EOS stay
+    assert (dropped[changed] == UNK).all()
+    assert changed[words].float().mean().item() == pytest.approx(0.3, abs=0.01)
+
+
+@pytest.mark.parametrize("input_feeding", [False, True])  # the fused and the step-by-step decoder
+def test_word_dropout_drops_source_and_target_words_in_training_only(input_feeding):
+    src, lengths, tgt_in = batch()
+    plain = model_for(input_feeding=input_feeding)
+    dropping = model_for(input_feeding=input_feeding, word_dropout=0.5)
+    assert dropping.decoder.fused is not input_feeding
+    with torch.no_grad():
+        evaluated = dropping.features(src, lengths, tgt_in)[0]
+        assert torch.equal(evaluated, plain.features(src, lengths, tgt_in)[0])  # eval: no effect
+        dropping.train()
+        torch.manual_seed(3)
+        trained = dropping.features(src, lengths, tgt_in)[0]
+        torch.manual_seed(3)
+        src_dropped, tgt_dropped = drop_words(src, 0.5), drop_words(tgt_in, 0.5)
+        expected = plain.features(src_dropped, lengths, tgt_dropped)[0]
+    assert not torch.equal(src_dropped, src) and not torch.equal(tgt_dropped, tgt_in)
+    assert torch.equal(trained, expected)
+    assert not torch.allclose(trained, evaluated)
+
+
+def test_word_dropout_is_validated():
+    with pytest.raises(ConfigError, match="model.word_dropout"):
+        ModelConfig(word_dropout=1.0)
 
 
 def test_attention_keys_are_projected_once_per_sentence(monkeypatch):
