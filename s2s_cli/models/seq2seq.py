@@ -150,8 +150,8 @@ class Seq2Seq(nn.Module):
 
 def drop_words(tokens: Tensor, rate: float) -> Tensor:
     """``tokens`` with each word (not PAD, BOS, EOS or UNK) replaced by UNK with probability
-    ``rate``: word dropout (Sennrich et al. 2016; Gal and Ghahramani 2016 drop word types), a
-    regulariser for small corpora that also teaches the model what to do with unknown words."""
+    ``rate``, token by token: word dropout (Sennrich et al. 2016; Gal and Ghahramani 2016 drop
+    whole word types instead), a regulariser for small corpora that also trains ``<unk>``."""
     words = tokens > EOS  # the special ids are 0-3
     dropped = words & (torch.rand(tokens.shape, device=tokens.device) < rate)
     return tokens.masked_fill(dropped, UNK)
