@@ -21,8 +21,8 @@ work=${WORK:-$here/work}/$pair-$name
 command -v s2s >/dev/null || { echo "s2s is not on PATH (source .venv/bin/activate)" >&2; exit 1; }
 extra=(${EXTRA:-})
 if [ "${QUICK:-0}" = 1 ]; then
-  extra+=(train.max_minutes=null train.max_epochs=null train.max_updates=500 train.validate_every=250
-          train.save_every=100 train.warmup_updates=50 train.lr=0.003 model.dropout=0.1
+  extra+=(train.max_minutes=null train.max_epochs=null train.max_updates=300 train.validate_every=150
+          train.save_every=60 train.warmup_updates=50 train.lr=0.005 model.dropout=0.1
           model.embed_dim=64 model.hidden_size=128 model.encoder_hidden_size=128 train.max_tokens=1024)
 fi
 # The test sets this pair has: Czech has test2016 and test2018 only, German and French more.

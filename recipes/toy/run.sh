@@ -4,7 +4,7 @@
 #   recipes/toy/run.sh [addition|dates|all]
 #
 # Environment: WORK (default recipes/toy/work), QUICK=1 for the short CI variant (small data,
-# a few hundred updates). Each variant trains with per-epoch validation on the test split
+# 30 updates). Each variant trains with per-epoch validation on the test split
 # (exact match of greedy output), then `s2s translate` re-checks the final model through the
 # public interface; report.py prints the results table and writes an accuracy plot (SVG).
 set -euo pipefail
@@ -33,7 +33,7 @@ run_task() {
   local -n variants=variants_$1
   local size=50000 test=5000 extra=()
   if [ "$quick" = 1 ]; then
-    size=2000 test=200 extra=(train.max_epochs=null train.max_updates=60 train.validate_every=30)
+    size=2000 test=200 extra=(train.max_epochs=null train.max_updates=30 train.validate_every=15)
   fi
   mkdir -p "$dir"
   python3 "$here/make_data.py" "$name" "$dir/raw" --size "$size" --test-size "$test" >/dev/null

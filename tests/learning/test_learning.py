@@ -45,7 +45,8 @@ CASES = {
     "luong": ("reverse", 400, 3e-3, 64, 8, 0.99),
     "bahdanau": ("reverse", 400, 3e-3, 64, 8, 0.99),
     "cho": ("copy", 3000, 5e-3, 128, 6, 0.90),
-    "sutskever": ("copy", 1500, 1e-2, 128, 6, 0.90),
+    # 4 layers and no attention: copies of up to 5 symbols took 300-450 updates over 5 seeds
+    "sutskever": ("copy", 1500, 1e-2, 128, 5, 0.90),
 }
 
 

@@ -568,10 +568,10 @@ def _worker_pids(marker: str, rank: int) -> list[int]:
 
 def _endless_two_rank_run(
     tiny_dataset: Path, tmp_path: Path, *overrides: str
-) -> tuple[subprocess.Popen, list[str], int]:
+) -> tuple[subprocess.Popen, list[str], int, int]:
     """Start 2 gloo ranks on an endless run (a checkpoint every 2 updates) and wait for the
     first checkpoint. Returns the torchrun process, its command (without train.max_updates) and
-    the PID of the rank-1 worker."""
+    the PIDs of the rank-0 and rank-1 workers."""
     marker = f"{os.getpid()}-{tmp_path.name}"
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [
@@ -596,8 +596,23 @@ def _endless_two_rank_run(
     while not (tmp_path / "run" / "checkpoint_last.pt").exists():
         assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1][-2000:]
         time.sleep(0.2)
+    (rank_0,) = _worker_pids(marker, rank=0)
     (rank_1,) = _worker_pids(marker, rank=1)
-    return run, command, rank_1
+    return run, command, rank_0, rank_1
+
+
+def _wait_for_exit(pid: int, timeout: float) -> None:
+    """Wait until process ``pid`` has exited (a zombie counts: its /proc environ reads empty)."""
+    deadline = time.monotonic() + timeout
+    environ = Path(f"/proc/{pid}/environ")
+    while time.monotonic() < deadline:
+        try:
+            if not environ.read_bytes():
+                return
+        except OSError:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"process {pid} still runs after {timeout} s")
 
 
 def _lost_contact_line(run: subprocess.Popen, stderr: str) -> str:
@@ -619,7 +634,7 @@ def test_a_dead_process_ends_its_peer_with_one_line_and_the_same_command_resumes
     """SIGKILL one of two ranks mid-training (a node dying): the other stops at once, not after
     the 30-minute collective timeout, with one line naming the failure and where to resume from;
     no traceback from s2s; the checkpoint saved before is intact and the same command resumes."""
-    run, command, rank_1 = _endless_two_rank_run(tiny_dataset, tmp_path)
+    run, command, _, rank_1 = _endless_two_rank_run(tiny_dataset, tmp_path)
     started = time.monotonic()
     os.kill(rank_1, signal.SIGKILL)
     _, stderr = run.communicate(timeout=120)
@@ -646,14 +661,17 @@ def test_a_dead_process_ends_its_peer_with_one_line_and_the_same_command_resumes
 def test_a_silent_peer_ends_the_run_after_the_dist_timeout(tiny_dataset, tmp_path):
     """A peer that stops answering without closing its connections (SIGSTOP: a machine gone from
     the network) ends the others after train.dist_timeout_minutes, with the same one line."""
-    run, _, rank_1 = _endless_two_rank_run(
+    run, _, rank_0, rank_1 = _endless_two_rank_run(
         tiny_dataset,
         tmp_path,
         "train.dist_timeout_minutes=0.1",  # 6 seconds
     )
     os.kill(rank_1, signal.SIGSTOP)
+    stopped = time.monotonic()
     try:
-        time.sleep(15)  # past the 6 s timeout; then end the frozen rank for torchrun
+        # rank 0 gives up after the 6 s timeout; then end the frozen rank for torchrun
+        _wait_for_exit(rank_0, timeout=90)
+        assert time.monotonic() - stopped > 5.0  # not long before the 6 s it was given
     finally:
         os.kill(rank_1, signal.SIGKILL)
     _, stderr = run.communicate(timeout=120)
