@@ -8,6 +8,10 @@ projection and loss run outside the time loop in both. Measures model forward + 
 both alike.
 
     python benchmarks/model_step.py [--multi30k DIR] [--batches 12]
+
+With --deferred it compares instead the `luong` preset's training step loop two ways, batch by
+batch alternating: `Decoder.forward_steps` (weight gradients once per batch, the default on the
+CPU) against the autograd loop of `Decoder.step` (one weight gradient per step).
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     data_dir_argument(parser)
     parser.add_argument("--batches", type=int, default=12)
+    parser.add_argument(
+        "--deferred", action="store_true", help="the luong step loop: deferred vs autograd"
+    )
     args = parser.parse_args()
 
     import torch
@@ -47,6 +54,9 @@ def main() -> None:
         cfg = load_config(overrides=[*BENCH_MODEL, f"model.preset={preset}"]).model
         torch.manual_seed(0)
         models[preset] = LossModule(build_model(cfg, 8000, 8000), 0.1)
+    if args.deferred:
+        compare_deferred(models["luong"], batches, data_dir)
+        return
     device = torch.device("cpu")
     ceilings = {"fp32": gemm_rate("fp32"), "bf16": gemm_rate("bf16")}
     print(f"# machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -76,6 +86,45 @@ def main() -> None:
                 f"| {precision} | {name} | {rate:,.0f} | {flops / 1e6:.1f} | {100 * mfu:.0f}% | {ratio} |",
                 flush=True,
             )
+
+
+def compare_deferred(objective, batches, data_dir: Path) -> None:
+    """The luong preset's step loop with deferred weight gradients vs autograd's, alternating."""
+    import torch
+
+    import s2s_cli.models.decoder as decoder
+    from s2s_cli.device import autocast
+
+    device = torch.device("cpu")
+    ceilings = {"fp32": gemm_rate("fp32"), "bf16": gemm_rate("bf16")}
+    flops = flops_per_target_token(data_dir, input_feeding=True)
+    print(f"# machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"# matmul 2048^3: fp32 {ceilings['fp32']:.0f}, bf16 {ceilings['bf16']:.0f} GFLOP/s")
+    print("| precision | step loop | fwd+bwd target tok/s | MFU | deferred / autograd |")
+    print("|---|---|---|---|---|")
+    for precision in ("fp32", "bf16"):
+        seconds = {"autograd": 0.0, "deferred": 0.0}
+        tokens = 0
+        for i, batch in enumerate(batches):
+            for name in seconds:
+                decoder.DEFER_WEIGHT_GRADIENTS = name == "deferred"
+                start = time.perf_counter()
+                with autocast(device, precision):
+                    loss, _ = objective(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out)
+                loss.backward()
+                elapsed = time.perf_counter() - start
+                objective.zero_grad(set_to_none=True)
+                if i >= 2:  # the first two batches warm up kernels and caches
+                    seconds[name] += elapsed
+            tokens += batch.target_tokens if i >= 2 else 0
+        rates = {name: tokens / s for name, s in seconds.items()}
+        for name, rate in rates.items():
+            mfu = flops * rate / (ceilings[precision] * 1e9)
+            ratio = f"{rates['deferred'] / rates['autograd']:.2f}x" if name == "deferred" else ""
+            print(
+                f"| {precision} | {name} | {rate:,.0f} | {100 * mfu:.0f}% | {ratio} |", flush=True
+            )
+    decoder.DEFER_WEIGHT_GRADIENTS = True
 
 
 if __name__ == "__main__":

@@ -25,8 +25,13 @@ import torch
 from torch import Tensor, nn
 
 from s2s_cli.models.attention import Attention
+from s2s_cli.models.deferred import DeferredLinear
 from s2s_cli.models.encoder import EncoderOut
 from s2s_cli.models.recurrent import RNN_CLASSES, run_rnn
+
+# Whether CPU training runs an LSTM decoder's step loop through :meth:`Decoder.forward_steps`
+# (weight gradients once per batch); benchmarks/model_step.py --deferred compares both.
+DEFER_WEIGHT_GRADIENTS = True
 
 
 class DecoderState(NamedTuple):
@@ -178,6 +183,79 @@ class Decoder(nn.Module):
             context, weights = self.attention(hidden, enc.keys, enc.outputs, enc.pad_mask)
         return self._features(self._attentional(hidden, context), enc), weights
 
+    def can_run_steps(self, device: torch.device) -> bool:
+        """Whether teacher-forced training can use :meth:`forward_steps` (LSTM, on the CPU)."""
+        return DEFER_WEIGHT_GRADIENTS and self.cell == "lstm" and device.type == "cpu"
+
+    def forward_steps(
+        self, tgt_in: Tensor, state: DecoderState, enc: EncoderOut
+    ) -> tuple[Tensor, Tensor | None]:
+        """Teacher-forced features ``B x T x F`` and attention, step by step as :meth:`step`
+        computes them, for training: the embedding (and peeky summary) part of the first layer's
+        input projection is one product for all steps, and every weight the steps share gets
+        its gradient once per batch (:class:`DeferredLinear`) instead of once per step."""
+        rnn = self.rnn
+        embedded = self.dropout(self.embedding(tgt_in))
+        static = [embedded]
+        if self.peeky:
+            static.append(enc.summary.unsqueeze(1).expand(-1, tgt_in.size(1), -1))
+        # weight_ih_l0's columns follow step()'s input: [embedding, context?, feed?, summary?]
+        embed_dim = embedded.size(-1)
+        stepwise = rnn.input_size - embed_dim - (enc.summary.size(-1) if self.peeky else 0)
+        w_ih = rnn.weight_ih_l0
+        w_static = torch.cat([w_ih[:, :embed_dim], w_ih[:, embed_dim + stepwise :]], dim=1)
+        biases = [_layer_bias(rnn, layer) for layer in range(self.layers)]
+        # (unbind, not [:, t]: the backward of [:, t] fills a whole B x T x 4H zero tensor per step)
+        static_gates = nn.functional.linear(torch.cat(static, dim=-1), w_static, biases[0])
+        static_steps = static_gates.unbind(1)
+        recurrent = [
+            DeferredLinear(
+                torch.cat([w_ih[:, embed_dim : embed_dim + stepwise], rnn.weight_hh_l0], dim=1)
+            )
+        ] + [
+            DeferredLinear(
+                torch.cat(
+                    [getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")],
+                    dim=1,
+                )
+            )
+            for layer in range(1, self.layers)
+        ]
+        combine = None if self.combine is None else DeferredLinear(self.combine.weight)
+        hidden = list(state.hidden.unbind(0))
+        assert state.cell is not None
+        cell = [c.float() for c in state.cell.unbind(0)]  # the cell state stays in fp32
+        feed = state.feed
+        features, attentions = [], []
+        for t in range(tgt_in.size(1)):
+            inputs, context, weights = [], None, None
+            if self.attend_first:
+                context, weights = self._attend(hidden[-1], enc)
+                inputs.append(context)
+            if self.input_feeding:
+                assert feed is not None
+                inputs.append(feed)
+            for layer in range(self.layers):
+                if layer == 0:
+                    gates = static_steps[t] + recurrent[0](torch.cat([*inputs, hidden[0]], -1))
+                else:
+                    below = nn.functional.dropout(hidden[layer - 1], rnn.dropout, self.training)
+                    gates = recurrent[layer](torch.cat([below, hidden[layer]], -1))
+                    if biases[layer] is not None:
+                        gates = gates + biases[layer]
+                hidden[layer], cell[layer] = _lstm_cell(gates.float(), cell[layer])
+            top = hidden[-1]
+            if self.attention is not None and not self.attend_first:
+                context, weights = self._attend(top, enc)
+            attentional = top
+            if combine is not None and context is not None:
+                attentional = torch.tanh(combine(torch.cat([context, top], dim=-1)))
+            feed = attentional
+            features.append(self._features(attentional, enc))
+            attentions.append(weights)
+        stacked_attention = None if attentions[0] is None else torch.stack(attentions, dim=1)
+        return torch.stack(features, dim=1), stacked_attention
+
     def _attend(self, query: Tensor, enc: EncoderOut) -> tuple[Tensor, Tensor]:
         assert self.attention is not None and enc.keys is not None
         # each sentence's k rows (k = 1, or its adjacent beams) are its k queries at once
@@ -208,3 +286,17 @@ def _per_row(summary: Tensor, rows: int) -> Tensor:
     # (an expanded view, not repeat_interleave, which may wait on the device to size its output)
     per_sentence = rows // summary.size(0)
     return summary.unsqueeze(1).expand(-1, per_sentence, -1).reshape(rows, -1)
+
+
+def _layer_bias(rnn: nn.RNNBase, layer: int) -> Tensor | None:
+    """The two biases of an RNN layer summed (they are always added together)."""
+    if not rnn.bias:
+        return None
+    return getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")
+
+
+def _lstm_cell(gates: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
+    """One LSTM update from its pre-activations ``B x 4H`` (PyTorch's gate order i, f, g, o)."""
+    i, f, g, o = gates.chunk(4, dim=1)
+    cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(cell), cell

@@ -127,6 +127,10 @@ class Seq2Seq(nn.Module):
         state = self.init_state(enc)
         if self.decoder.fused and teacher_forcing >= 1.0:
             return self.decoder.forward_fused(tgt_in, state, enc)
+        # training's step loop (input feeding, Bahdanau): weight gradients once per batch
+        deferred = self.training and torch.is_grad_enabled() and teacher_forcing >= 1.0
+        if deferred and self.decoder.can_run_steps(tgt_in.device):
+            return self.decoder.forward_steps(tgt_in, state, enc)
         return self._features_by_step(tgt_in, state, enc, teacher_forcing)
 
     def _features_by_step(

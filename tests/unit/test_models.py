@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from s2s_cli.config import ATTENTIONS, CELLS, PRESETS, ModelConfig, load_config
+from s2s_cli.config import ATTENTIONS, CELLS, PRESETS, ModelConfig, load_config, load_preset
 from s2s_cli.data.spm import BOS, EOS, PAD, UNK
 from s2s_cli.errors import ConfigError
 from s2s_cli.models.build import build_model, parameter_counts
@@ -536,3 +536,83 @@ def test_bf16_decoding_around_float32_recurrent_layers(monkeypatch, bridge, peek
         full, _ = step_logits(model, src, lengths, tgt_in)
     assert reduced.dtype == torch.bfloat16
     assert torch.allclose(reduced.float(), full, atol=0.05, rtol=0.05)
+
+
+LUONG = load_preset("luong")  # input feeding, attention after the RNN
+BAHDANAU = load_preset("bahdanau") | {"cell": "lstm"}
+
+
+def training_features(model, src, lengths, tgt_in, deferred: bool, precision: str = "fp32"):
+    """Teacher-forced features and every parameter's gradient, through the deferred step loop
+    (Decoder.forward_steps) or autograd's loop over Decoder.step."""
+    import s2s_cli.models.decoder as decoder_module
+    from s2s_cli.device import autocast
+
+    model.train().zero_grad()
+    decoder_module.DEFER_WEIGHT_GRADIENTS = deferred
+    try:
+        with autocast(torch.device("cpu"), precision):
+            features, _ = model.features(src, lengths, tgt_in)
+            loss = model.decoder.project(features).float().logsumexp(-1).sum()
+        loss.backward()
+    finally:
+        decoder_module.DEFER_WEIGHT_GRADIENTS = True
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return features.detach().float(), grads
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        LUONG,  # input feeding
+        BAHDANAU,  # attention before the RNN
+        {**BAHDANAU, "input_feeding": True, "peeky": True, "bidirectional": False},
+        {**LUONG, "decoder_layers": 3, "encoder_layers": 2, "bridge": "zero"},
+        {**LUONG, "attention": "none", "peeky": True, "bridge": "bridge"},
+    ],
+)
+def test_deferred_weight_gradients_equal_autograds(monkeypatch, options):
+    """The training step loop that computes shared weights' gradients once per batch gives the
+    features and gradients of autograd's loop over Decoder.step (up to summation order)."""
+    model = model_for(**options)
+    src, lengths, tgt_in = batch()
+    reference, expected = training_features(model, src, lengths, tgt_in, deferred=False)
+    calls = []
+    original = type(model.decoder).forward_steps
+    monkeypatch.setattr(
+        type(model.decoder),
+        "forward_steps",
+        lambda self, *a: calls.append(1) or original(self, *a),
+    )
+    features, grads = training_features(model, src, lengths, tgt_in, deferred=True)
+    assert calls, "the deferred step loop did not run"
+    torch.testing.assert_close(features, reference, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == expected.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_deferred_weight_gradients_under_bf16_autocast_stay_near_fp32():
+    model = model_for(**{**LUONG, "embed_dim": 16, "hidden_size": 32})
+    src, lengths, tgt_in = batch()
+    _, exact = training_features(model, src, lengths, tgt_in, deferred=False)
+    features, grads = training_features(model, src, lengths, tgt_in, True, "bf16")
+    assert features.isfinite().all()
+    for name, grad in grads.items():
+        relative = (grad.float() - exact[name]).norm() / exact[name].norm()
+        assert relative < 0.05, name  # bf16 carries 8 bits of mantissa
+
+
+def test_deferred_step_loop_is_training_only_and_lstm_only():
+    model = model_for(**LUONG)
+    assert model.decoder.can_run_steps(torch.device("cpu"))
+    assert not model_for(**{**LUONG, "cell": "gru"}).decoder.can_run_steps(torch.device("cpu"))
+    src, lengths, tgt_in = batch()
+    model.eval()
+    with torch.no_grad():  # evaluation goes through Decoder.step, as decoding does
+        evaluated, _ = model.features(src, lengths, tgt_in)
+        model.train()
+        stepped, _ = model.features(src, lengths, tgt_in)  # no grad: not deferred either
+    trained, _ = training_features(model, src, lengths, tgt_in, deferred=True)
+    torch.testing.assert_close(evaluated, stepped)
+    torch.testing.assert_close(trained, evaluated, rtol=1e-5, atol=1e-6)
