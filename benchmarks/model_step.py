@@ -41,7 +41,6 @@ def main() -> None:
     from s2s_cli.data.batching import make_batches
     from s2s_cli.data.dataset import Dataset
     from s2s_cli.data.loader import collate
-    from s2s_cli.device import autocast
     from s2s_cli.models.build import build_model
     from s2s_cli.training.step import LossModule
 
@@ -57,27 +56,14 @@ def main() -> None:
     if args.deferred:
         compare_deferred(models["luong"], batches, data_dir)
         return
-    device = torch.device("cpu")
     ceilings = {"fp32": gemm_rate("fp32"), "bf16": gemm_rate("bf16")}
     print(f"# machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"# matmul 2048^3: fp32 {ceilings['fp32']:.0f}, bf16 {ceilings['bf16']:.0f} GFLOP/s")
     print("| precision | preset | fwd+bwd target tok/s | MFLOP/token | MFU | fast / luong |")
     print("|---|---|---|---|---|---|")
+    contenders = {name: (objective, lambda: None) for name, objective in models.items()}
     for precision in ("fp32", "bf16"):
-        seconds = {name: 0.0 for name in models}
-        tokens = 0
-        for i, batch in enumerate(batches):
-            for name, objective in models.items():
-                start = time.perf_counter()
-                with autocast(device, precision):
-                    loss, _ = objective(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out)
-                loss.backward()
-                elapsed = time.perf_counter() - start
-                objective.zero_grad(set_to_none=True)
-                if i >= 2:  # the first two batches warm up kernels and caches
-                    seconds[name] += elapsed
-            tokens += batch.target_tokens if i >= 2 else 0
-        rates = {name: tokens / s for name, s in seconds.items()}
+        rates = alternating_rates(contenders, batches, precision)
         for name, rate in rates.items():
             flops = flops_per_target_token(data_dir, input_feeding=name == "luong")
             mfu = flops * rate / (ceilings[precision] * 1e9)
@@ -88,36 +74,50 @@ def main() -> None:
             )
 
 
+def alternating_rates(contenders: dict, batches: list, precision: str) -> dict[str, float]:
+    """Forward + backward target tokens/s of each ``name -> (objective, prepare)`` over the same
+    batches, batch by batch in turn (``prepare()`` runs before each); two warm-up batches."""
+    import torch
+
+    from s2s_cli.device import autocast
+
+    device = torch.device("cpu")
+    seconds = {name: 0.0 for name in contenders}
+    tokens = 0
+    for i, batch in enumerate(batches):
+        for name, (objective, prepare) in contenders.items():
+            prepare()
+            start = time.perf_counter()
+            with autocast(device, precision):
+                loss, _ = objective(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out)
+            loss.backward()
+            elapsed = time.perf_counter() - start
+            objective.zero_grad(set_to_none=True)
+            if i >= 2:  # the first two batches warm up kernels and caches
+                seconds[name] += elapsed
+        tokens += batch.target_tokens if i >= 2 else 0
+    return {name: tokens / s for name, s in seconds.items()}
+
+
 def compare_deferred(objective, batches, data_dir: Path) -> None:
     """The luong preset's step loop with deferred weight gradients vs autograd's, alternating."""
     import torch
 
     import s2s_cli.models.decoder as decoder
-    from s2s_cli.device import autocast
 
-    device = torch.device("cpu")
     ceilings = {"fp32": gemm_rate("fp32"), "bf16": gemm_rate("bf16")}
     flops = flops_per_target_token(data_dir, input_feeding=True)
     print(f"# machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"# matmul 2048^3: fp32 {ceilings['fp32']:.0f}, bf16 {ceilings['bf16']:.0f} GFLOP/s")
     print("| precision | step loop | fwd+bwd target tok/s | MFU | deferred / autograd |")
     print("|---|---|---|---|---|")
+
+    def loop(deferred: bool):
+        return lambda: setattr(decoder, "DEFER_WEIGHT_GRADIENTS", deferred)
+
+    contenders = {"autograd": (objective, loop(False)), "deferred": (objective, loop(True))}
     for precision in ("fp32", "bf16"):
-        seconds = {"autograd": 0.0, "deferred": 0.0}
-        tokens = 0
-        for i, batch in enumerate(batches):
-            for name in seconds:
-                decoder.DEFER_WEIGHT_GRADIENTS = name == "deferred"
-                start = time.perf_counter()
-                with autocast(device, precision):
-                    loss, _ = objective(batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out)
-                loss.backward()
-                elapsed = time.perf_counter() - start
-                objective.zero_grad(set_to_none=True)
-                if i >= 2:  # the first two batches warm up kernels and caches
-                    seconds[name] += elapsed
-            tokens += batch.target_tokens if i >= 2 else 0
-        rates = {name: tokens / s for name, s in seconds.items()}
+        rates = alternating_rates(contenders, batches, precision)
         for name, rate in rates.items():
             mfu = flops * rate / (ceilings[precision] * 1e9)
             ratio = f"{rates['deferred'] / rates['autograd']:.2f}x" if name == "deferred" else ""
