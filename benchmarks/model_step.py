@@ -56,9 +56,7 @@ def main() -> None:
     if args.deferred:
         compare_deferred(models["luong"], batches, data_dir)
         return
-    ceilings = {"fp32": gemm_rate("fp32"), "bf16": gemm_rate("bf16")}
-    print(f"# machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"# matmul 2048^3: fp32 {ceilings['fp32']:.0f}, bf16 {ceilings['bf16']:.0f} GFLOP/s")
+    ceilings = machine_header()
     print("| precision | preset | fwd+bwd target tok/s | MFLOP/token | MFU | fast / luong |")
     print("|---|---|---|---|---|---|")
     contenders = {name: (objective, lambda: None) for name, objective in models.items()}
@@ -72,6 +70,16 @@ def main() -> None:
                 f"| {precision} | {name} | {rate:,.0f} | {flops / 1e6:.1f} | {100 * mfu:.0f}% | {ratio} |",
                 flush=True,
             )
+
+
+def machine_header() -> dict[str, float]:
+    """Print the machine and its matmul rates; returns the rates (GFLOP/s) by precision."""
+    import torch
+
+    ceilings = {"fp32": gemm_rate("fp32"), "bf16": gemm_rate("bf16")}
+    print(f"# machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"# matmul 2048^3: fp32 {ceilings['fp32']:.0f}, bf16 {ceilings['bf16']:.0f} GFLOP/s")
+    return ceilings
 
 
 def alternating_rates(contenders: dict, batches: list, precision: str) -> dict[str, float]:
@@ -101,14 +109,11 @@ def alternating_rates(contenders: dict, batches: list, precision: str) -> dict[s
 
 def compare_deferred(objective, batches, data_dir: Path) -> None:
     """The luong preset's step loop with deferred weight gradients vs autograd's, alternating."""
-    import torch
 
     import s2s_cli.models.decoder as decoder
 
-    ceilings = {"fp32": gemm_rate("fp32"), "bf16": gemm_rate("bf16")}
+    ceilings = machine_header()
     flops = flops_per_target_token(data_dir, input_feeding=True)
-    print(f"# machine: {machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"# matmul 2048^3: fp32 {ceilings['fp32']:.0f}, bf16 {ceilings['bf16']:.0f} GFLOP/s")
     print("| precision | step loop | fwd+bwd target tok/s | MFU | deferred / autograd |")
     print("|---|---|---|---|---|")
 

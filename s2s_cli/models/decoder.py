@@ -208,18 +208,13 @@ class Decoder(nn.Module):
         # (unbind, not [:, t]: the backward of [:, t] fills a whole B x T x 4H zero tensor per step)
         static_gates = nn.functional.linear(torch.cat(static, dim=-1), w_static, biases[0])
         static_steps = static_gates.unbind(1)
+        # each layer's per-step product: [its step-dependent inputs; its hidden state] @ W.T
+        step_inputs = [w_ih[:, embed_dim : embed_dim + stepwise]] + [
+            getattr(rnn, f"weight_ih_l{layer}") for layer in range(1, self.layers)
+        ]
         recurrent = [
-            DeferredLinear(
-                torch.cat([w_ih[:, embed_dim : embed_dim + stepwise], rnn.weight_hh_l0], dim=1)
-            )
-        ] + [
-            DeferredLinear(
-                torch.cat(
-                    [getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")],
-                    dim=1,
-                )
-            )
-            for layer in range(1, self.layers)
+            DeferredLinear(torch.cat([w_in, getattr(rnn, f"weight_hh_l{layer}")], dim=1))
+            for layer, w_in in enumerate(step_inputs)
         ]
         combine = None if self.combine is None else DeferredLinear(self.combine.weight)
         hidden = list(state.hidden.unbind(0))
@@ -247,9 +242,7 @@ class Decoder(nn.Module):
             top = hidden[-1]
             if self.attention is not None and not self.attend_first:
                 context, weights = self._attend(top, enc)
-            attentional = top
-            if combine is not None and context is not None:
-                attentional = torch.tanh(combine(torch.cat([context, top], dim=-1)))
+            attentional = self._attentional(top, context, combine)
             feed = attentional
             features.append(self._features(attentional, enc))
             attentions.append(weights)
@@ -263,10 +256,15 @@ class Decoder(nn.Module):
         context, weights = self.attention(queries, enc.keys, enc.outputs, enc.pad_mask)
         return context.reshape(query.size(0), -1), weights.reshape(query.size(0), -1)
 
-    def _attentional(self, hidden: Tensor, context: Tensor | None) -> Tensor:
+    def _attentional(
+        self, hidden: Tensor, context: Tensor | None, combine: DeferredLinear | None = None
+    ) -> Tensor:
+        """``tanh(W [c; h])`` through ``self.combine``, or ``combine`` (forward_steps' deferred
+        product of the same weight)."""
         if self.combine is None or context is None:
             return hidden
-        return torch.tanh(self.combine(torch.cat([context, hidden], dim=-1)))
+        linear = combine if combine is not None else self.combine
+        return torch.tanh(linear(torch.cat([context, hidden], dim=-1)))
 
     def _features(self, attentional: Tensor, enc: EncoderOut) -> Tensor:
         features = attentional
