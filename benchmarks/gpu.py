@@ -265,11 +265,11 @@ def measure(step, batches: list[Batch], device: torch.device, warm: bool = True)
 def choices(rnn: str | None = None, gather: bool | None = None, fused_adam: bool | None = None):
     """The per-device choices s2s makes, set for one measurement and restored afterwards:
     ``rnn`` recurrent.BF16_RNN_ON_CUDA, ``gather`` step.GATHER_POSITIONS["cuda"], ``fused_adam``
-    schedule.FUSED_ON_CUDA (None: the default)."""
+    schedule.FUSED_ADAM["cuda"] (None: the default)."""
     saved = (
         recurrent.BF16_RNN_ON_CUDA,
         step_module.GATHER_POSITIONS["cuda"],
-        schedule.FUSED_ON_CUDA,
+        schedule.FUSED_ADAM["cuda"],
     )
     try:
         if rnn is not None:
@@ -277,11 +277,11 @@ def choices(rnn: str | None = None, gather: bool | None = None, fused_adam: bool
         if gather is not None:
             step_module.GATHER_POSITIONS["cuda"] = gather
         if fused_adam is not None:
-            schedule.FUSED_ON_CUDA = fused_adam
+            schedule.FUSED_ADAM["cuda"] = fused_adam
         yield
     finally:
         recurrent.BF16_RNN_ON_CUDA, step_module.GATHER_POSITIONS["cuda"] = saved[:2]
-        schedule.FUSED_ON_CUDA = saved[2]
+        schedule.FUSED_ADAM["cuda"] = saved[2]
 
 
 def profile_steps(name: str, step, batches: list[Batch], device: torch.device, updates: int = 3):

@@ -43,10 +43,13 @@ def _render_dataset(report: dict) -> None:
     from rich.table import Table
 
     vocab = report["vocab_size"]
-    table = Table(
-        title=f"{report['path']}: {report['languages']}, vocabulary "
+    # the heading as its own line, not the table's title: rich wraps a title to the table's
+    # width, which split long paths (and words) across lines
+    print(
+        f"{report['path']}: {report['languages']}, vocabulary "
         f"{vocab['src']}/{vocab['tgt']} ({'joint' if report['joint'] else 'separate'})"
     )
+    table = Table()
     for column in ("split", "side", "sentences", "tokens", "p50", "p90", "p99", "max", "unk %"):
         table.add_column(column, justify="left" if column in ("split", "side") else "right")
     for name, split in report["splits"].items():
@@ -67,10 +70,11 @@ def _render_dataset(report: dict) -> None:
 def _render_checkpoint(report: dict) -> None:
     from rich.table import Table
 
-    table = Table(
-        title=f"{report['path']} (s2s {report['s2s_version']}, format {report['format_version']}, "
+    print(
+        f"{report['path']} (s2s {report['s2s_version']}, format {report['format_version']}, "
         f"{report['integrity']}, {report['weights']} weights)"
     )
+    table = Table()
     table.add_column("module")
     table.add_column("parameters", justify="right")
     for name, count in report["parameters"].items():

@@ -48,11 +48,29 @@ def label_smoothed_nll(
 
 
 class _Workspace:
-    """A grow-only logits buffer reused by every batch (and a guard against misuse)."""
+    """Grow-only buffers reused by every batch: the logits, and one float32 row chunk of them;
+    and a guard against misuse."""
 
     def __init__(self) -> None:
         self.buffer: Tensor | None = None
+        self.chunk: Tensor | None = None
         self.generation = 0
+
+    def biased_chunk(self, block: Tensor, bias: Tensor) -> Tensor:
+        """``block + bias`` in ``bias``'s dtype (float32 for bf16 and fp32 logits), in the reused
+        chunk buffer: the buffer's rows stay as they are."""
+        chunk = self.chunk
+        if (
+            chunk is None
+            or chunk.numel() < block.numel()
+            or chunk.dtype != bias.dtype
+            or (chunk.device != block.device)
+        ):
+            self.chunk = chunk = block.new_empty(block.numel(), dtype=bias.dtype)
+        chunk = chunk[: block.numel()].view(block.shape)
+        if block.dtype == bias.dtype:
+            return torch.add(block, bias, out=chunk)
+        return chunk.copy_(block).add_(bias)
 
     def logits(self, rows: int, vocab: int, like: Tensor) -> Tensor:
         buffer = self.buffer
@@ -84,31 +102,40 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
         # one reused N x V buffer: allocating 32M floats per batch costs page faults every update
         logits = workspace.logits(inputs.size(0), weight.size(0), inputs)
         with torch.autocast(inputs.device.type, enabled=False):
-            torch.addmm(bias.to(dtype), inputs, weight.to(dtype).t(), out=logits)
+            # the product alone: the bias is added per row chunk in float32 below (addmm would
+            # first fill the whole buffer with copies of the bias, one more pass over 32M values)
+            torch.mm(inputs, weight.to(dtype).t(), out=logits)
         # statistics in float32 even for bf16 logits (a bf16 logsumexp loses ~2 digits); lse is
         # all the backward needs besides the buffer, so softmax is never stored
         stats = torch.float64 if dtype == torch.float64 else torch.float32
-        lse = torch.empty(inputs.size(0), dtype=stats, device=inputs.device)
-        loss = inputs.new_zeros((), dtype=torch.float64)
-        nll = inputs.new_zeros((), dtype=torch.float64)
+        bias_stats = bias.detach().to(stats)
+        # per row: log-sum-exp, the reference's logit and the mean logit; sums after the loop
+        lse, picked, mean = logits.new_empty((3, logits.size(0)), dtype=stats).unbind(0)
         chunk = rows_per_chunk(logits)
         for start in range(0, logits.size(0), chunk):
-            z = logits[start : start + chunk].to(stats)
-            chunk_lse = torch.logsumexp(z, dim=-1)
-            lse[start : start + z.size(0)] = chunk_lse
-            chunk_nll = chunk_lse - z.gather(1, target[start : start + z.size(0), None]).squeeze(1)
-            nll += chunk_nll.sum()
-            # smoothing term: -mean_v log p_v = lse - mean_v z_v, no log-softmax matrix needed
-            loss += (1.0 - epsilon) * chunk_nll.sum() + epsilon * (chunk_lse - z.mean(-1)).sum()
-        ctx.save_for_backward(inputs, weight, target, lse)
+            z = workspace.biased_chunk(logits[start : start + chunk], bias_stats)
+            end = start + z.size(0)
+            torch.gather(z, 1, target[start:end, None], out=picked[start:end, None])
+            torch.mean(z, dim=-1, out=mean[start:end])
+            # log-sum-exp in place in the chunk (torch.logsumexp allocates a chunk-sized temporary
+            # for z - max, which cost more than the rest of the loop on a 2-core Xeon)
+            peak = z.amax(dim=-1, keepdim=True)
+            torch.sum(z.sub_(peak).exp_(), dim=-1, out=lse[start:end])
+            lse[start:end].log_().add_(peak.squeeze(1))
+        nll_rows = lse - picked
+        nll = nll_rows.sum(dtype=torch.float64)
+        # smoothing term: -mean_v log p_v = lse - mean_v z_v, no log-softmax matrix needed
+        loss = (1.0 - epsilon) * nll + epsilon * (lse - mean).sum(dtype=torch.float64)
+        ctx.save_for_backward(inputs, weight, bias_stats, target, lse)
         ctx.epsilon, ctx.workspace, ctx.generation = epsilon, workspace, workspace.generation
         ctx.bias_dtype = bias.dtype
-        ctx.mark_non_differentiable(nll)
-        return loss.to(stats), nll.to(stats)
+        nll = nll.to(stats)
+        ctx.mark_non_differentiable(nll)  # the tensor returned, so it does not require grad
+        return loss.to(stats), nll
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor, _grad_nll: Tensor):  # type: ignore[override]
-        inputs, weight, target, lse = ctx.saved_tensors
+        inputs, weight, bias, target, lse = ctx.saved_tensors
         workspace = ctx.workspace
         if workspace.generation != ctx.generation:
             raise RuntimeError(
@@ -119,23 +146,28 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
         epsilon, vocab = ctx.epsilon, weight.size(0)
         logits = workspace.buffer[: inputs.size(0)]
         g = grad_loss.to(lse.dtype)
+        smoothing, reference = g * epsilon / vocab, g * (1.0 - epsilon)
+        grad_bias = torch.zeros_like(bias)
         chunk = rows_per_chunk(logits)
+        index = torch.arange(min(chunk, logits.size(0)), device=logits.device)
         for start in range(0, logits.size(0), chunk):
             block = logits[start : start + chunk]
             rows = block.size(0)
             # d loss / d z = softmax(z) - (1 - eps) onehot(y) - eps / V, scaled by the upstream g
-            grad = block.to(lse.dtype).sub_(lse[start : start + rows, None]).exp_().mul_(g)
+            grad = workspace.biased_chunk(block, bias)
+            grad.sub_(lse[start : start + rows, None]).exp_().mul_(g)
             if epsilon > 0.0:
-                grad.sub_(g * epsilon / vocab)
-            index = torch.arange(rows, device=grad.device)
-            grad[index, target[start : start + rows]] -= g * (1.0 - epsilon)
-            block.copy_(grad)  # the logits buffer now holds d loss / d logits
+                grad.sub_(smoothing)
+            grad[index[:rows], target[start : start + rows]] -= reference
+            # the bias gradient from the float32 chunk, while it is in cache (summing the whole
+            # bf16 buffer afterwards first converts all of it to float32)
+            grad_bias += grad.sum(0)
+            block.copy_(grad)
         # the buffer now holds d loss / d logits: two matrix products give the input and weight
         # gradients, as autograd would from a materialised logits tensor
         grad_inputs = logits @ weight.to(logits.dtype)
         grad_weight = (logits.t() @ inputs).to(weight.dtype)
-        grad_bias = logits.sum(0, dtype=lse.dtype).to(ctx.bias_dtype)
-        return grad_inputs, grad_weight, grad_bias, None, None, None
+        return grad_inputs, grad_weight, grad_bias.to(ctx.bias_dtype), None, None, None
 
 
 class ProjectedCrossEntropy(nn.Module):

@@ -514,10 +514,13 @@ class TrainingRun:
         self.progress.last_validated = self.progress.updates
         value = metrics[metric]
         higher = HIGHER_IS_BETTER[metric]
-        # a model whose score is not finite is never the best, whatever came before
+        # a model whose score or validation loss is not finite is never the best, whatever came
+        # before: a BLEU of 0 is finite even when an overflowing step left the weights inf / NaN
         best = self.best.value
-        improved = math.isfinite(value) and (
-            best is None or (value > best if higher else value < best)
+        improved = (
+            math.isfinite(value)
+            and math.isfinite(metrics["loss"])
+            and (best is None or (value > best if higher else value < best))
         )
         if improved:
             self.best = Best(metric, value, self.progress.updates)

@@ -133,8 +133,8 @@ def test_fp32_stacked_encoder_step_matches_the_cpu(
 
 
 def test_the_optimizer_on_cuda_is_fused_and_updates_as_the_cpu_does(device):
-    """build_optimizer picks PyTorch's fused Adam for CUDA parameters; one update from the same
-    weights and gradients lands where the CPU's Adam lands."""
+    """build_optimizer picks PyTorch's fused Adam for CUDA parameters (as for CPU ones); one update
+    from the same weights and gradients lands where the CPU's Adam lands."""
     torch.manual_seed(0)
     weights = [torch.randn(64, 32), torch.randn(32)]
     grads = [torch.randn_like(w) for w in weights]
@@ -142,7 +142,7 @@ def test_the_optimizer_on_cuda_is_fused_and_updates_as_the_cpu_does(device):
     for where in (torch.device("cpu"), device):
         params = [torch.nn.Parameter(w.clone().to(where)) for w in weights]
         optimizer = build_optimizer(params, TrainConfig(lr=1e-2, weight_decay=0.01))
-        assert bool(optimizer.defaults.get("fused")) == (where.type == "cuda")
+        assert optimizer.defaults.get("fused")
         for _ in range(3):
             for param, grad in zip(params, grads):
                 param.grad = grad.to(where)

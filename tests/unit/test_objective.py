@@ -71,6 +71,36 @@ def test_plateau_halves_after_patience_and_state_round_trips():
     assert clone.at(10) == 0.5 and clone.best == 11.0
 
 
+@pytest.mark.parametrize("kind", ["adam", "adamw"])
+def test_the_cpu_optimizer_is_fused_and_updates_as_pytorchs_default_adam(kind):
+    """build_optimizer takes PyTorch's fused Adam(W) on the CPU (one pass per parameter instead
+    of ~10); five updates land where the default single-tensor loop lands, up to rounding."""
+    from s2s_cli.config import TrainConfig
+    from s2s_cli.training.schedule import build_optimizer
+
+    torch.manual_seed(0)
+    weights = [torch.randn(64, 32), torch.randn(32)]
+    grads = [[torch.randn_like(w) for w in weights] for _ in range(5)]
+    cfg = TrainConfig(optimizer=kind, lr=1e-2, weight_decay=0.01)
+    reference_cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
+    updated = []
+    for fused in (True, False):
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        if fused:
+            optimizer = build_optimizer(params, cfg)
+            assert optimizer.defaults.get("fused") and type(optimizer) is reference_cls
+        else:
+            optimizer = reference_cls(params, lr=1e-2, weight_decay=0.01, foreach=False)
+        for step_grads in grads:
+            for param, grad in zip(params, step_grads):
+                param.grad = grad.clone()
+            optimizer.step()
+        updated.append([p.detach() for p in params])
+    for fused, plain, start in zip(*updated, weights):
+        assert (plain - start).abs().mean() > 1e-3  # the updates moved the weights
+        assert torch.allclose(fused, plain, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("eps", [0.0, 0.1])
 def test_projected_loss_equals_projection_then_reference_loss(eps):
     torch.manual_seed(0)
@@ -89,6 +119,44 @@ def test_projected_loss_equals_projection_then_reference_loss(eps):
     assert float(nll) == pytest.approx(float(expected_nll), rel=1e-6)
     for got, t in zip(fused, (inputs, weight, bias)):
         assert torch.allclose(got, t.grad, atol=1e-9)
+
+
+def test_projected_loss_in_bf16_is_the_float32_loss_of_the_bf16_product_for_any_row_chunk(
+    monkeypatch,
+):
+    """bf16 features (as under autocast): the product is rounded to bf16 once, the bias is added
+    and the statistics computed in float32 row chunks of one reused buffer. The loss is the
+    reference loss of those logits; the chunk size (a speed setting) changes no input or weight
+    gradient bit, and the bias gradient (summed per chunk in float32) only in rounding."""
+    import s2s_cli.training.loss as loss_module
+
+    torch.manual_seed(0)
+    inputs = torch.randn(600, 16).bfloat16()
+    weight = torch.randn(40, 16) * 0.3
+    bias = torch.randn(40) * 0.1
+    target = torch.randint(0, 40, (600,))
+    logits = (inputs @ weight.bfloat16().t()).float() + bias
+    expected, expected_nll = label_smoothed_nll(logits, target, 0.1)
+    reference = [t.clone().requires_grad_() for t in (inputs.float(), weight, bias)]
+    reference_loss, _ = label_smoothed_nll(
+        (reference[0] @ reference[1].bfloat16().float().t()) + reference[2], target, 0.1
+    )
+    (reference_loss * 0.01).backward()
+    gradients = []
+    for rows in (600, 256, 64, 7):  # one chunk; several with a short last one
+        monkeypatch.setattr(loss_module, "ROWS_PER_CHUNK", rows)
+        params = [t.clone().requires_grad_() for t in (inputs, weight, bias)]
+        loss, nll = ProjectedCrossEntropy(0.1)(*params, target)
+        assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
+        assert float(nll) == pytest.approx(float(expected_nll), rel=1e-6)
+        (loss * 0.01).backward()
+        gradients.append([p.grad for p in params])
+        # against float32 autograd: bf16 rounding of the gradient buffer is the only difference
+        for got, want in zip(gradients[-1], reference):
+            assert (got.float() - want.grad).norm() < 0.01 * want.grad.norm()
+    for other in gradients[1:]:
+        assert torch.equal(gradients[0][0], other[0]) and torch.equal(gradients[0][1], other[1])
+        assert torch.allclose(gradients[0][2], other[2], rtol=1e-5, atol=1e-8)
 
 
 def test_projected_loss_gradient_matches_finite_differences_and_reuse_is_guarded():
