@@ -13,6 +13,7 @@ them: the three matrix products alone (the floor the loss work sits on) and auto
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -45,11 +46,11 @@ def main() -> None:
             args, torch.float32 if precision == "fp32" else torch.bfloat16, chunks
         )
         times = round_robin(contenders, args.rounds)
-        floor = median(times["3 products"])
+        floor = statistics.median(times["3 products"])
         for name, values in times.items():
+            median = statistics.median(values)
             print(
-                f"| {precision} | {name} | {1000 * median(values):.1f} | "
-                f"{median(values) / floor:.2f}x |",
+                f"| {precision} | {name} | {1000 * median:.1f} | {median / floor:.2f}x |",
                 flush=True,
             )
 
@@ -107,10 +108,6 @@ def round_robin(contenders: dict, rounds: int) -> dict[str, list[float]]:
             if round_ >= 3:
                 times[name].append(time.perf_counter() - start)
     return times
-
-
-def median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 if __name__ == "__main__":

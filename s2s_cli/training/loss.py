@@ -4,9 +4,10 @@
 ``ProjectedCrossEntropy``, which fuses the output projection with the loss: the logits of a
 4,096-token batch over an 8,000-piece vocabulary are 32M numbers, and autograd's generic route
 (projection, log_softmax, gather, mean, each with its own output and gradient buffer) allocates and
-walks that matrix about ten times per update. Here one reusable buffer holds the logits, the loss
-statistics are computed from it in row chunks in float32, and the backward overwrites the same
-buffer with the closed-form gradient ``softmax(z) - (1 - eps) * onehot(y) - eps / V``.
+walks that matrix about ten times per update. Here one reusable buffer holds the product
+``x W^T``; the bias is added and the loss statistics computed in float32 row chunks of it (one
+reused chunk buffer), and the backward overwrites the same buffer with the closed-form gradient
+``softmax(z) - (1 - eps) * onehot(y) - eps / V``, summing the bias gradient chunk by chunk.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class _Workspace:
             chunk is None
             or chunk.numel() < block.numel()
             or chunk.dtype != bias.dtype
-            or (chunk.device != block.device)
+            or chunk.device != block.device
         ):
             self.chunk = chunk = block.new_empty(block.numel(), dtype=bias.dtype)
         chunk = chunk[: block.numel()].view(block.shape)
