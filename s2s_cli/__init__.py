@@ -6,7 +6,14 @@ The names below are the stable Python API; lower layers (``s2s_cli.models``,
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# oneDNN (PyTorch's CPU kernels for bf16 products and RNNs) builds a kernel per operand shape and
+# keeps 1,024; a bf16 beam search over many batches meets more, and rebuilt ones cost ~1 ms each
+# (0.5 s of a 5 s translation of Multi30k test2016). Read when oneDNN first builds one; a value
+# the user set wins.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "4096")
 
 from s2s_cli.config import ExperimentConfig, load_config
 from s2s_cli.data.dataset import Dataset

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import torch
 from torch import Tensor, nn
 
+from s2s_cli.models import products
 from s2s_cli.models.decoder import Decoder
+from s2s_cli.models.products import is_reduced_precision, step_linear
 
 
 class OutputLayer(Protocol):
     def __call__(self, features: Tensor) -> Tensor:
-        """Logits ``... x K`` for decoder features ``... x F``."""
+        """Logits ``... x K`` for decoder features ``... x F`` (float32 on the CPU, there in a
+        buffer the layer's next call reuses)."""
         ...
 
     def restrict(self, ids: Tensor) -> OutputLayer:
@@ -27,14 +31,66 @@ class OutputLayer(Protocol):
         ...
 
 
+class LogitsBuffer:
+    """The memory a CPU output layer writes every step's product and logits into.
+
+    A fresh ``rows x V`` tensor per step (10 MB of float32 at beam 5 x 64 sentences x 8,000
+    pieces) is fresh memory from the system each time, and its page faults cost as much as the
+    pass that fills it. The logits an output layer returns are therefore valid until its next
+    call (searches read each step's scores before the next step).
+    """
+
+    def __init__(self) -> None:
+        self.storage: dict[torch.dtype, Tensor] = {}
+
+    def take(self, rows: int, columns: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        size = rows * columns
+        block = self.storage.get(dtype)
+        if block is None or block.numel() < size or block.device != device:
+            block = self.storage[dtype] = torch.empty(size, dtype=dtype, device=device)
+        return block[:size].view(rows, columns)
+
+
+def float_logits(
+    inputs: Tensor, weight: Tensor, bias: Tensor, buffer: LogitsBuffer | None = None
+) -> Tensor:
+    """``inputs @ weight.T + bias`` for decoding (``inputs`` rows x F), float32 on the CPU
+    whatever the precision, written into ``buffer`` there.
+
+    A reduced-precision product gets its bias in float32 after its conversion, as training's
+    fused loss adds it (``linear`` would first fill its ``rows x V`` output with copies of the
+    bias, then the conversion copy it again), and its rows are rounded up for oneDNN
+    (:mod:`s2s_cli.models.products`). A float32 product is ``linear``'s own ``addmm``.
+    """
+    if inputs.device.type != "cpu" or inputs.dim() != 2:
+        return nn.functional.linear(inputs, weight, bias)
+    buffer = buffer or LogitsBuffer()
+    rows, vocab = inputs.size(0), weight.size(0)
+    out = buffer.take(rows, vocab, inputs.device, torch.float32)
+    if not is_reduced_precision(inputs, weight):
+        return torch.addmm(bias, inputs, weight.t(), out=out)
+    if inputs.dtype == weight.dtype:  # weights cast for inference: the product into the buffer too
+        padded = products.padded_rows(inputs) if products.rounds_rows(inputs, weight) else inputs
+        product = buffer.take(padded.size(0), vocab, inputs.device, inputs.dtype)
+        torch.mm(padded, weight.t(), out=product)
+        out.copy_(product[:rows])
+    else:  # autocast (which skips out= calls)
+        out.copy_(products.step_linear(inputs, weight))
+    return out.add_(bias.float())
+
+
 class FullOutput:
     """The decoder's own output layer over the whole vocabulary."""
 
     def __init__(self, decoder: Decoder) -> None:
         self.decoder = decoder
+        self.buffer = LogitsBuffer()
 
     def __call__(self, features: Tensor) -> Tensor:
-        return self.decoder.project(features)
+        weight, bias = self.decoder.output_matrix()
+        pre = self.decoder.pre_output
+        inputs = features if pre is None else _pre_output(pre, features)
+        return float_logits(inputs, weight, bias, self.buffer)
 
     def restrict(self, ids: Tensor) -> OutputLayer:
         weight, bias = self.decoder.output_matrix()
@@ -50,12 +106,20 @@ class RowsOutput:
         self.pre = pre
         self.weight = weight
         self.bias = bias
+        self.buffer = LogitsBuffer()
 
     def __call__(self, features: Tensor) -> Tensor:
-        inputs = features if self.pre is None else self.pre(features)
-        return nn.functional.linear(inputs, self.weight, self.bias)
+        inputs = features if self.pre is None else _pre_output(self.pre, features)
+        return float_logits(inputs, self.weight, self.bias, self.buffer)
 
     def restrict(self, ids: Tensor) -> OutputLayer:
         return RowsOutput(
             self.pre, self.weight.index_select(0, ids), self.bias.index_select(0, ids)
         )
+
+
+def _pre_output(pre: nn.Module, features: Tensor) -> Tensor:
+    """The tied-embedding model's projection to the embedding size (int8: a quantized layer)."""
+    if type(pre) is nn.Linear and features.dim() == 2:
+        return step_linear(features, pre.weight)
+    return pre(features)

@@ -31,6 +31,8 @@ class Scorer(Protocol):
     def step(self, prev_tokens: Tensor, state: Any, enc: Any) -> tuple[Tensor, Any, Tensor | None]:
         """Log-probabilities ``B x V`` (float32), the new state and attention ``B x S`` or None.
 
+        The log-probabilities may live in a buffer the next step reuses: read them first.
+
         ``enc`` has ``B`` rows, or one row per ``k`` consecutive rows of ``state`` (beam search
         keeps one encoder row per sentence, its ``k`` beams adjacent).
         """
@@ -87,7 +89,7 @@ class Ensemble:
         for model, output, state, enc in zip(self.models, self.outputs, states, encs, strict=True):
             features, state, attention = model.decoder.step(prev_tokens, state, enc)
             logits = output(features)
-            lprobs.append(torch.log_softmax(logits.float(), dim=-1))
+            lprobs.append(_log_softmax(logits))
             new_states.append(state)
             attentions.append(attention)
         if len(lprobs) == 1:
@@ -103,3 +105,13 @@ class Ensemble:
 
     def select_state(self, states: list[Any], index: Tensor) -> list[Any]:
         return [s.select(index) for s in states]
+
+
+def _log_softmax(logits: Tensor) -> Tensor:
+    """Float32 log-probabilities of ``logits``, on the CPU in place (in the output layer's
+    buffer, :class:`~s2s_cli.decoding.output.LogitsBuffer`): the values are the out-of-place
+    ones, without a fresh ``rows x V`` block per step."""
+    scores = logits.float()
+    if scores.device.type != "cpu":
+        return torch.log_softmax(scores, dim=-1)
+    return torch.log_softmax(scores, dim=-1, out=scores)

@@ -19,11 +19,12 @@ attends for all steps with batched matrix products.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from s2s_cli.models import products, recurrent
 from s2s_cli.models.attention import Attention
 from s2s_cli.models.deferred import DeferredLinear
 from s2s_cli.models.encoder import EncoderOut
@@ -156,16 +157,32 @@ class Decoder(nn.Module):
             inputs.append(state.feed)
         if self.peeky:
             inputs.append(_per_row(enc.summary, prev_tokens.size(0)))
-        output, rnn_state = run_rnn(
-            self.rnn, torch.cat(inputs, dim=-1).unsqueeze(1), state.rnn_state()
-        )
-        hidden_top = output.squeeze(1)
+        hidden_top, rnn_state = self._rnn_step(torch.cat(inputs, dim=-1), state)
         if self.attention is not None and not self.attend_first:
             context, weights = self._attend(hidden_top, enc)
         attentional = self._attentional(hidden_top, context)
         hidden, cell = rnn_state if isinstance(rnn_state, tuple) else (rnn_state, None)
         new_state = DecoderState(hidden, cell, attentional if self.input_feeding else None)
         return self._features(attentional, enc), new_state, weights
+
+    def _rnn_step(self, x: Tensor, state: DecoderState) -> tuple[Tensor, Any]:
+        """The RNN stack for one step: the top layer's output ``B x Hd`` and the new state."""
+        if self._lstm_step_by_products(x):
+            assert state.cell is not None
+            return _lstm_step(self.rnn, x, state.hidden, state.cell)
+        output, rnn_state = run_rnn(self.rnn, x.unsqueeze(1), state.rnn_state())
+        return output.squeeze(1), rnn_state
+
+    def _lstm_step_by_products(self, x: Tensor) -> bool:
+        """Whether a decoding step runs the LSTM as two products per layer (:func:`_lstm_step`):
+        on the CPU, outside training and ONNX tracing (which exports the LSTM operator)."""
+        return (
+            recurrent.plain_call_on(x)
+            and not self.training
+            and type(self.rnn) is nn.LSTM  # not int8's quantized LSTM
+            and self.rnn.proj_size == 0
+            and not torch.jit.is_tracing()
+        )
 
     def forward_fused(
         self, tgt_in: Tensor, state: DecoderState, enc: EncoderOut
@@ -263,8 +280,12 @@ class Decoder(nn.Module):
         product of the same weight)."""
         if self.combine is None or context is None:
             return hidden
-        linear = combine if combine is not None else self.combine
-        return torch.tanh(linear(torch.cat([context, hidden], dim=-1)))
+        joined = torch.cat([context, hidden], dim=-1)
+        if combine is not None:
+            return torch.tanh(combine(joined))
+        if self.training or joined.dim() != 2 or type(self.combine) is not nn.Linear:
+            return torch.tanh(self.combine(joined))  # (int8 decoding: a quantized layer)
+        return torch.tanh(products.step_linear(joined, self.combine.weight))  # a decoding step
 
     def _features(self, attentional: Tensor, enc: EncoderOut) -> Tensor:
         features = attentional
@@ -291,6 +312,39 @@ def _layer_bias(rnn: nn.RNNBase, layer: int) -> Tensor | None:
     if not rnn.bias:
         return None
     return getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")
+
+
+def _lstm_step(
+    rnn: nn.LSTM, x: Tensor, hidden: Tensor, cell: Tensor
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """One step of an LSTM stack (eval mode) as ``nn.LSTM`` computes it, up to rounding: per
+    layer ``gates = b + x W_ih^T + h W_hh^T`` and the elementwise update in float32.
+
+    On the CPU, oneDNN's RNN primitive costs ~1.7x these products for a single fp32 step (it
+    prepares its weights at every call) and builds a primitive for every new batch size, which
+    a beam search's shrinking batch keeps meeting (benchmarks/decoder_step.py). The state keeps
+    the dtypes it came in (bf16 for a bf16 model); the update itself runs in float32.
+    """
+    new_hidden, new_cell = [], []
+    rows = x.size(0)
+    for layer in range(rnn.num_layers):
+        w_ih = getattr(rnn, f"weight_ih_l{layer}")
+        w_hh = getattr(rnn, f"weight_hh_l{layer}")
+        bias = _layer_bias(rnn, layer)
+        inputs, h_prev = x, hidden[layer]
+        if products.rounds_rows(x, w_ih):
+            inputs, h_prev = products.padded_rows(inputs), products.padded_rows(h_prev)
+        # out of place, so autocast casts every product (it skips in-place ops)
+        if bias is None:
+            gates = torch.mm(inputs, w_ih.t()) + torch.mm(h_prev, w_hh.t())
+        else:
+            gates = torch.addmm(torch.addmm(bias, inputs, w_ih.t()), h_prev, w_hh.t())
+        h, c = _lstm_cell(gates[:rows].float(), cell[layer].float())
+        h = h.to(hidden.dtype)
+        new_hidden.append(h)
+        new_cell.append(c.to(cell.dtype))
+        x = h  # inter-layer dropout is a training-time rule; this path runs in eval mode
+    return h, (torch.stack(new_hidden), torch.stack(new_cell))
 
 
 def _lstm_cell(gates: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:

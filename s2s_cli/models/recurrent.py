@@ -108,6 +108,12 @@ def run_rnn(rnn: nn.RNNBase, inputs: Any, state: RnnState = None) -> tuple[Any, 
     return _call_in(rnn, inputs, state, dtype, data.dtype)
 
 
+def plain_call_on(data: Tensor) -> bool:
+    """Whether an RNN call on ``data`` is the plain call, with none of :func:`run_rnn`'s rules
+    (the CPU): code that computes a recurrent layer itself may do so only then."""
+    return not _precision_rules_apply(data)
+
+
 def _precision_rules_apply(data: Tensor) -> bool:
     """CUDA only: on the CPU the plain call is right (a test routes CPU tensors through here)."""
     return data.device.type == "cuda"

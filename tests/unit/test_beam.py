@@ -8,7 +8,7 @@ import torch
 
 from s2s_cli.config import DecodeConfig
 from s2s_cli.data.spm import EOS
-from s2s_cli.decoding.beam import beam_search
+from s2s_cli.decoding.beam import beam_search, row_topk
 from s2s_cli.decoding.constraints import block_repeated_ngrams, length_penalty
 from s2s_cli.decoding.graphed_beam import fixed_shape_beam_search
 from s2s_cli.decoding.greedy import greedy_search
@@ -228,3 +228,98 @@ def test_coverage_penalty_by_hand():
     assert coverage_penalty(full, 1.0) == pytest.approx(math.log(0.5))
     cfg = DecodeConfig(lenpen=1.0, coverage_penalty=0.5)
     assert final_score(-3.0, 3, attention, cfg) == pytest.approx(-1.0 + expected)
+
+
+def test_row_topk_is_topk_over_the_row():
+    """The blocked top-k takes the same values and columns as topk over each whole row, also
+    when one block holds all the best, and where forbidden (-inf) pieces fill a row."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(12, 64 * 48, generator=g)
+    scores[3, 640:650] += 100.0  # row 3's best ten all in one block
+    scores[5, :] = float("-inf")
+    scores[5, 7] = 0.0  # one live piece: the rest of its top ten are -inf
+    values, columns = row_topk(scores, 10)
+    expected_values, expected_columns = scores.topk(10, dim=1)
+    assert torch.equal(values, expected_values)
+    live = torch.isfinite(expected_values)
+    assert torch.equal(columns[live], expected_columns[live])
+    assert sorted(columns[3].tolist()) == list(range(640, 650))
+
+
+@pytest.mark.parametrize("columns", [64 * 40, 1000])  # too few blocks; not whole blocks
+def test_row_topk_falls_back_to_topk(columns):
+    scores = torch.randn(4, columns, generator=torch.Generator().manual_seed(1))
+    values, found = row_topk(scores, 10)
+    expected_values, expected_columns = scores.topk(10, dim=1)
+    assert torch.equal(values, expected_values) and torch.equal(found, expected_columns)
+
+
+class TableScorer:
+    """Log-probabilities that depend on the previous piece, over a vocabulary large enough for
+    the blocked top-k (64 blocks of 64 pieces)."""
+
+    vocab = 4096
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(2)
+        self.embed = torch.randn(self.vocab, 8, generator=g)
+        self.out = torch.randn(8, self.vocab, generator=g) * 2.0
+        self.out[:, EOS] += 0.8  # sentences end within a few steps
+
+    def encode(self, src, lengths):
+        return src[:, 0].float()
+
+    def init_state(self, enc):
+        return enc
+
+    def step(self, prev, state, enc):
+        return torch.log_softmax(self.embed[prev] @ self.out, dim=-1), state, None
+
+    def select_encoder(self, enc, index):
+        return enc[index]
+
+    def select_state(self, state, index):
+        return state[index]
+
+
+def reference_top_candidates(scores, lprobs, beam):
+    """The single-stage ranking the two-stage one replaced: every row x V sum at once."""
+    sentences, vocab = scores.size(0), lprobs.size(1)
+    candidates = (scores.view(-1, 1) + lprobs).view(sentences, beam * vocab)
+    top_scores, flat = candidates.topk(2 * beam, dim=1)
+    row_base = torch.arange(sentences).unsqueeze(1) * beam
+    return top_scores, row_base + flat // vocab, flat % vocab
+
+
+def test_two_stage_ranking_finds_what_ranking_every_extension_finds(monkeypatch):
+    from s2s_cli.decoding import beam as beam_module
+
+    src = torch.randint(4, 50, (6, 5), generator=torch.Generator().manual_seed(3))
+    src[:, -1] = EOS
+    lengths = torch.full((6,), 5)
+    cfg = DecodeConfig(beam=5, nbest=5, max_len_a=0.0, max_len_b=8)
+    found = beam_search(TableScorer(), src, lengths, cfg)
+    monkeypatch.setattr(beam_module, "top_candidates", reference_top_candidates)
+    expected = beam_search(TableScorer(), src, lengths, cfg)
+    assert [[(h.tokens, h.score) for h in hyps] for hyps in found] == [
+        [(h.tokens, h.score) for h in hyps] for hyps in expected
+    ]
+    assert any(len(h.tokens) > 1 for hyps in found for h in hyps)
+
+
+@pytest.mark.parametrize("first_step", [False, True])
+def test_two_stage_ranking_equals_ranking_every_extension(first_step):
+    """Per step: the same 2k extensions per sentence, also when all come from one beam (the
+    first step, where only beam 0 is alive)."""
+    from s2s_cli.decoding.beam import top_candidates
+
+    g = torch.Generator().manual_seed(4)
+    sentences, beam, vocab = 4, 5, 64 * 64
+    scores = torch.randn(sentences, beam, generator=g) * 3
+    if first_step:
+        scores[:, 1:] = float("-inf")
+    lprobs = torch.log_softmax(torch.randn(sentences * beam, vocab, generator=g) * 4, dim=-1)
+    found = top_candidates(scores, lprobs, beam)
+    expected = reference_top_candidates(scores, lprobs, beam)
+    for got, want in zip(found, expected, strict=True):
+        assert torch.equal(got, want)

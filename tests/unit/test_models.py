@@ -326,6 +326,7 @@ def test_word_dropout_drops_source_and_target_words_in_training_only(input_feedi
         trained = dropping.features(src, lengths, tgt_in)[0]
         torch.manual_seed(3)
         src_dropped, tgt_dropped = drop_words(src, 0.5), drop_words(tgt_in, 0.5)
+        plain.train()  # (dropout 0: the same computation, down to the LSTM kernel)
         expected = plain.features(src_dropped, lengths, tgt_dropped)[0]
     assert not torch.equal(src_dropped, src) and not torch.equal(tgt_dropped, tgt_in)
     assert torch.equal(trained, expected)
@@ -616,3 +617,34 @@ def test_deferred_step_loop_is_training_only_and_lstm_only():
     trained, _ = training_features(model, src, lengths, tgt_in, deferred=True)
     torch.testing.assert_close(evaluated, stepped)
     torch.testing.assert_close(trained, evaluated, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_decoding_step_computes_the_lstm_as_nn_lstm_does(monkeypatch, layers):
+    """In eval mode on the CPU a decoder step runs its LSTM as two products per layer
+    (decoder._lstm_step); its features and state match nn.LSTM's to rounding, in fp32 and for
+    a model cast to bf16. Training keeps nn.LSTM."""
+    import copy
+
+    import s2s_cli.models.decoder as decoder_module
+    from s2s_cli.models.recurrent import cast_for_inference
+
+    model = model_for(decoder_layers=layers, encoder_layers=layers, input_feeding=True)
+    calls = []
+    original = decoder_module._lstm_step
+    monkeypatch.setattr(decoder_module, "_lstm_step", lambda *a: calls.append(1) or original(*a))
+    src, lengths, tgt_in = batch()
+    bf16 = cast_for_inference(copy.deepcopy(model), torch.bfloat16, torch.device("cpu"))
+    with torch.no_grad():
+        by_products, _ = step_logits(model, src, lengths, tgt_in)
+        reduced, _ = step_logits(bf16, src, lengths, tgt_in)
+        assert len(calls) == 2 * tgt_in.size(1)
+        monkeypatch.setattr(decoder_module.Decoder, "_lstm_step_by_products", lambda *a: False)
+        by_module, _ = step_logits(model, src, lengths, tgt_in)
+        reduced_by_module, _ = step_logits(bf16, src, lengths, tgt_in)
+    assert len(calls) == 2 * tgt_in.size(1)  # nothing more once switched off
+    assert torch.allclose(by_products, by_module, atol=1e-5)
+    assert reduced.dtype == torch.bfloat16
+    assert torch.allclose(reduced.float(), reduced_by_module.float(), atol=0.05, rtol=0.05)
+    model.train()
+    assert not model.decoder._lstm_step_by_products(src.float())
