@@ -10,6 +10,7 @@ those pieces, so a softmax over them is exactly the full softmax renormalised ov
 
 from __future__ import annotations
 
+import threading
 from typing import Protocol
 
 import torch
@@ -41,13 +42,15 @@ class LogitsBuffer:
     """
 
     def __init__(self) -> None:
-        self.storage: dict[torch.dtype, Tensor] = {}
+        # one block per thread: threads translating with one Translator never share a buffer
+        self.local = threading.local()
 
     def take(self, rows: int, columns: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        storage: dict[torch.dtype, Tensor] = self.local.__dict__.setdefault("storage", {})
         size = rows * columns
-        block = self.storage.get(dtype)
+        block = storage.get(dtype)
         if block is None or block.numel() < size or block.device != device:
-            block = self.storage[dtype] = torch.empty(size, dtype=dtype, device=device)
+            block = storage[dtype] = torch.empty(size, dtype=dtype, device=device)
         return block[:size].view(rows, columns)
 
 

@@ -53,6 +53,38 @@ def test_batched_equals_one_sentence_at_a_time(translator, sentences, batch_size
             assert ha.score == pytest.approx(hb.score, abs=1e-4)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_threads_sharing_a_translator_get_what_one_thread_gets(translator, sentences, precision):
+    """The output layers keep a logits buffer per thread: two threads translating at once with
+    one Translator must not read each other's scores."""
+    import threading
+
+    work = [sentences[i:20:2] for i in range(2)]
+    expected = [translator.translate_hypotheses(w, beam=5, precision=precision) for w in work]
+    found: list = [None, None]
+    start = threading.Barrier(2)
+
+    def run(k: int) -> None:
+        start.wait()
+        found[k] = [
+            translator.translate_hypotheses(work[k], beam=5, precision=precision) for _ in range(2)
+        ]
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for k in range(2):
+        for attempt in found[k]:
+            assert [[h.tokens for h in t.hypotheses] for t in attempt] == [
+                [h.tokens for h in t.hypotheses] for t in expected[k]
+            ]
+            assert [t.hypotheses[0].score for t in attempt] == [
+                t.hypotheses[0].score for t in expected[k]
+            ]
+
+
 def test_beam_one_equals_greedy_on_a_real_model(translator, sentences):
     scorer = Ensemble(translator.models)
     ids = [translator.src_spm.encode(s) for s in sentences]
