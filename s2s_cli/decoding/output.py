@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from s2s_cli.models import products
 from s2s_cli.models.decoder import Decoder
-from s2s_cli.models.products import is_reduced_precision, step_linear
 
 
 class OutputLayer(Protocol):
@@ -70,7 +69,7 @@ def float_logits(
     buffer = buffer or LogitsBuffer()
     rows, vocab = inputs.size(0), weight.size(0)
     out = buffer.take(rows, vocab, inputs.device, torch.float32)
-    if not is_reduced_precision(inputs, weight):
+    if not products.is_reduced_precision(inputs, weight):
         return torch.addmm(bias, inputs, weight.t(), out=out)
     if inputs.dtype == weight.dtype:  # weights cast for inference: the product into the buffer too
         padded = products.padded_rows(inputs) if products.rounds_rows(inputs, weight) else inputs
@@ -124,5 +123,5 @@ class RowsOutput:
 def _pre_output(pre: nn.Module, features: Tensor) -> Tensor:
     """The tied-embedding model's projection to the embedding size (int8: a quantized layer)."""
     if type(pre) is nn.Linear and features.dim() == 2:
-        return step_linear(features, pre.weight)
+        return products.step_linear(features, pre.weight)
     return pre(features)
