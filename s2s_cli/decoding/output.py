@@ -61,17 +61,20 @@ def float_logits(
 
     A reduced-precision product gets its bias in float32 after its conversion, as training's
     fused loss adds it (``linear`` would first fill its ``rows x V`` output with copies of the
-    bias, then the conversion copy it again), and its rows are rounded up for oneDNN
-    (:mod:`s2s_cli.models.products`). A float32 product is ``linear``'s own ``addmm``.
+    bias, then the conversion copy it again), and its rows are rounded up for oneDNN; a bf16
+    model's weight is packed once (:mod:`s2s_cli.models.products`). A float32 product is
+    ``linear``'s own ``addmm``.
     """
     if inputs.device.type != "cpu" or inputs.dim() != 2:
         return nn.functional.linear(inputs, weight, bias)
     buffer = buffer or LogitsBuffer()
     rows, vocab = inputs.size(0), weight.size(0)
     out = buffer.take(rows, vocab, inputs.device, torch.float32)
-    if not products.is_reduced_precision(inputs, weight):
+    if products.packs(inputs, weight):  # weights cast for inference, packed
+        out.copy_(products.packed_linear(inputs, (weight,)))
+    elif not products.is_reduced_precision(inputs, weight):
         return torch.addmm(bias, inputs, weight.t(), out=out)
-    if inputs.dtype == weight.dtype:  # weights cast for inference: the product into the buffer too
+    elif inputs.dtype == weight.dtype:  # weights cast for inference: the product into the buffer
         padded = products.padded_rows(inputs) if products.rounds_rows(inputs, weight) else inputs
         product = buffer.take(padded.size(0), vocab, inputs.device, inputs.dtype)
         torch.mm(padded, weight.t(), out=product)

@@ -20,6 +20,8 @@ from torch import Tensor
 
 from s2s_cli.data.spm import EOS
 from s2s_cli.decoding.output import FullOutput, OutputLayer
+from s2s_cli.models import products
+from s2s_cli.models.encoder import EncoderOut
 from s2s_cli.models.seq2seq import Seq2Seq
 
 
@@ -75,7 +77,7 @@ class Ensemble:
         return Ensemble(self.models, [o.restrict(ids) for o in self.outputs], ids)
 
     def encode(self, src: Tensor, lengths: Tensor) -> list[Any]:
-        return [m.encode(src, lengths) for m in self.models]
+        return [_for_steps(m, m.encode(src, lengths)) for m in self.models]
 
     def init_state(self, encs: list[Any]) -> list[Any]:
         return [m.init_state(e) for m, e in zip(self.models, encs, strict=True)]
@@ -105,6 +107,18 @@ class Ensemble:
 
     def select_state(self, states: list[Any], index: Tensor) -> list[Any]:
         return [s.select(index) for s in states]
+
+
+def _for_steps(model: Seq2Seq, enc: EncoderOut) -> EncoderOut:
+    """The encoder output as a CPU search of a bf16 model reads it: attention keys and values
+    in float32 (:meth:`~s2s_cli.models.attention.Attention.float32_keys`)."""
+    attention = model.decoder.attention
+    if attention is None or enc.keys is None or enc.outputs.device.type != "cpu":
+        return enc
+    if enc.outputs.dtype == torch.float32 or products.cpu_autocast():
+        return enc
+    keys, values = attention.float32_keys(enc.keys, enc.outputs)
+    return enc._replace(keys=keys, outputs=values)
 
 
 def _log_softmax(logits: Tensor) -> Tensor:

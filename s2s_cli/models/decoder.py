@@ -332,6 +332,14 @@ def _lstm_step(
         w_hh = getattr(rnn, f"weight_hh_l{layer}")
         bias = _layer_bias(rnn, layer)
         inputs, h_prev = x, hidden[layer]
+        if products.packs(x, w_ih):  # [x; h] @ [W_ih W_hh]^T: one product, its weight packed
+            gates = products.packed_linear(torch.cat([x, h_prev], dim=1), (w_ih, w_hh), bias)
+            h, c = _lstm_cell(gates.float(), cell[layer].float())
+            h = h.to(hidden.dtype)
+            new_hidden.append(h)
+            new_cell.append(c.to(cell.dtype))
+            x = h
+            continue
         if products.rounds_rows(x, w_ih):
             inputs, h_prev = products.padded_rows(inputs), products.padded_rows(h_prev)
         # out of place, so autocast casts every product (it skips in-place ops)

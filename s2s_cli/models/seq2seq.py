@@ -52,7 +52,8 @@ class Bridge(nn.Module):
             cell = torch.zeros_like(enc.final_hidden) if self.has_cell else None
             return enc.final_hidden, cell
         if self.kind == "zero":
-            zeros = enc.outputs.new_zeros(self.layers, batch, self.hidden_size)
+            # (the state's dtype is the encoder state's: a search may hold the outputs in float32)
+            zeros = enc.final_hidden.new_zeros(self.layers, batch, self.hidden_size)
             return zeros, zeros if self.has_cell else None
         hidden = self._project(self.hidden_proj, enc.final_hidden[-1])
         cell = None
@@ -90,7 +91,7 @@ class Seq2Seq(nn.Module):
         hidden, cell = self.bridge(enc)
         feed = None
         if self.decoder.input_feeding:
-            feed = enc.outputs.new_zeros(enc.outputs.size(0), self.decoder.hidden_size)
+            feed = enc.final_hidden.new_zeros(enc.outputs.size(0), self.decoder.hidden_size)
         return DecoderState(hidden, cell, feed)
 
     def step(

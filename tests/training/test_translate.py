@@ -53,6 +53,20 @@ def test_batched_equals_one_sentence_at_a_time(translator, sentences, batch_size
             assert ha.score == pytest.approx(hb.score, abs=1e-4)
 
 
+def test_bf16_batched_equals_one_sentence_at_a_time(translator, sentences):
+    """bf16 steps pad their rows for oneDNN and multiply by packed weights: a sentence's
+    hypotheses must not depend on the batch around it all the same."""
+    alone = [
+        translator.translate_hypotheses([s], beam=5, nbest=3, precision="bf16")[0]
+        for s in sentences[:12]
+    ]
+    batched = translator.translate_hypotheses(sentences[:12], beam=5, nbest=3, precision="bf16")
+    for a, b in zip(alone, batched):
+        assert [h.tokens for h in a.hypotheses] == [h.tokens for h in b.hypotheses]
+        for ha, hb in zip(a.hypotheses, b.hypotheses):
+            assert ha.score == pytest.approx(hb.score, abs=1e-4)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_threads_sharing_a_translator_get_what_one_thread_gets(translator, sentences, precision):
     """The output layers keep a logits buffer per thread: two threads translating at once with

@@ -6,6 +6,7 @@ import torch
 from s2s_cli.config import ATTENTIONS, CELLS, PRESETS, ModelConfig, load_config, load_preset
 from s2s_cli.data.spm import BOS, EOS, PAD, UNK
 from s2s_cli.errors import ConfigError
+from s2s_cli.models.attention import ATTENTION_KINDS
 from s2s_cli.models.build import build_model, parameter_counts
 from s2s_cli.models.encoder import reverse_padded
 from s2s_cli.models.seq2seq import drop_words
@@ -648,3 +649,36 @@ def test_decoding_step_computes_the_lstm_as_nn_lstm_does(monkeypatch, layers):
     assert torch.allclose(reduced.float(), reduced_by_module.float(), atol=0.05, rtol=0.05)
     model.train()
     assert not model.decoder._lstm_step_by_products(src.float())
+
+
+@pytest.mark.parametrize("attention", ATTENTION_KINDS)
+@pytest.mark.parametrize("bridge", ["last", "zero"])
+def test_a_bf16_search_reads_float32_keys_and_gets_the_same_steps(attention, bridge):
+    """A CPU search of a bf16 model holds attention keys and values in float32, converted
+    once per batch (Ensemble.encode), except for additive attention: its steps then give the
+    all-bf16 steps' logits and attention to bf16 rounding, the context in bf16."""
+    import copy
+
+    from s2s_cli.decoding.scorer import Ensemble
+    from s2s_cli.models.recurrent import cast_for_inference
+
+    model = model_for(attention=attention, bridge=bridge, input_feeding=True)
+    bf16 = cast_for_inference(copy.deepcopy(model), torch.bfloat16, torch.device("cpu"))
+    src, lengths, tgt_in = batch()
+    with torch.no_grad():
+        (enc,) = Ensemble([bf16]).encode(src, lengths)
+        plain = bf16.encode(src, lengths)
+        float_keys = attention != "additive"
+        assert enc.keys.dtype == (torch.float32 if float_keys else torch.bfloat16)
+        assert enc.outputs.dtype == enc.keys.dtype and enc.final_hidden.dtype == torch.bfloat16
+        state, plain_state = bf16.init_state(enc), bf16.init_state(plain)
+        for t in range(tgt_in.size(1)):
+            features, state, weights = bf16.decoder.step(tgt_in[:, t], state, enc)
+            expected, plain_state, plain_weights = bf16.decoder.step(
+                tgt_in[:, t], plain_state, plain
+            )
+            assert features.dtype == torch.bfloat16 and state.hidden.dtype == torch.bfloat16
+            assert torch.allclose(features.float(), expected.float(), atol=0.05, rtol=0.05)
+            assert torch.allclose(weights.float(), plain_weights.float(), atol=0.02)
+        (fp32_enc,) = Ensemble([model]).encode(src, lengths)
+        assert torch.equal(fp32_enc.outputs, model.encode(src, lengths).outputs)

@@ -96,3 +96,82 @@ def test_onednn_kernel_cache_is_raised_unless_the_user_set_it():
         text=True,
     )
     assert chosen.stdout.strip() == "77"
+
+
+needs_packing = pytest.mark.skipif(
+    not products._onednn_packing(), reason="this PyTorch lacks oneDNN's packed-weight ops"
+)
+
+
+@needs_packing
+@pytest.mark.parametrize("rows", [1, 31, 33, 320])
+def test_packed_bf16_products_are_the_linear_products(rows):
+    """A decoding step's bf16 product by a packed weight (one, or two side by side as the LSTM
+    step's [W_ih W_hh]) gives linear's values: the same bf16 product of the same operands."""
+    inputs, weight, bias = operands(rows, torch.bfloat16)
+    with torch.no_grad():
+        assert products.packs(inputs, weight)
+        result = products.step_linear(inputs, weight, bias)
+        assert result.shape == (rows, 320) and result.dtype == torch.bfloat16
+        assert result.is_contiguous()
+        expected = nn.functional.linear(inputs, weight, bias)
+        assert torch.allclose(result.float(), expected.float(), atol=0.05, rtol=0.01)
+        exact = inputs.float() @ weight.float().T + bias.float()
+        assert (result.float() - exact).abs().max() < 0.25  # bf16 rounding of values ~|10|
+        left, right = weight[:, :20].contiguous(), weight[:, 20:].contiguous()
+        joined = products.packed_linear(inputs, (left, right), bias)
+        assert torch.equal(joined, result)
+
+
+@needs_packing
+def test_a_packed_weight_is_made_once_and_again_when_the_weight_changes():
+    inputs, weight, bias = operands(40, torch.bfloat16)
+    with torch.no_grad():
+        first = products.packed_weight((weight,))
+        assert products.packed_weight((weight,)) is first
+        before = products.step_linear(inputs, weight, bias)
+        weight.mul_(-1)  # in place: the version moves on, the pack must follow
+        assert products.packed_weight((weight,)) is not first
+        after = products.step_linear(inputs, weight, bias)
+        negated = -(before.float() - bias.float())  # a stale pack would give `before` again
+        assert torch.allclose(after.float() - bias.float(), negated, atol=0.2, rtol=0.02)
+        other = weight.clone()  # another tensor: a pack of its own
+        assert products.packed_weight((other,)) is not products.packed_weight((weight,))
+
+
+@needs_packing
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")  # torch.backends.mkldnn.flags' own
+def test_only_bf16_products_outside_autograd_and_autocast_are_packed():
+    inputs, weight, _ = operands(8, torch.bfloat16)
+    assert not products.packs(inputs, weight)  # autograd on
+    with torch.no_grad():
+        assert products.packs(inputs, weight)
+        assert not products.packs(inputs.float(), weight.float())  # float32 stays with MKL
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not products.packs(inputs, weight)
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert not products.packs(inputs, weight)
+
+
+def test_a_refused_packed_product_falls_back_to_linear_for_good(monkeypatch):
+    inputs, weight, bias = operands(5, torch.bfloat16)
+    monkeypatch.setattr(products, "_unpackable", set())
+    monkeypatch.setattr(products, "packed_weight", lambda w: (_ for _ in ()).throw(RuntimeError))
+    with torch.no_grad():
+        result = products.packed_linear(inputs, (weight,), bias)
+        assert torch.equal(result, nn.functional.linear(inputs, weight, bias))
+        assert not products.packs(inputs, weight)
+
+
+@needs_packing
+def test_bf16_logits_by_a_packed_weight(monkeypatch):
+    calls = []
+    packed_linear = products.packed_linear
+    monkeypatch.setattr(products, "packed_linear", lambda *a: calls.append(1) or packed_linear(*a))
+    inputs, weight, bias = operands(37, torch.bfloat16)
+    with torch.no_grad():
+        logits = float_logits(inputs, weight, bias)
+    assert calls == [1]
+    assert logits.dtype == torch.float32 and logits.shape == (37, 320)
+    expected = nn.functional.linear(inputs, weight).float() + bias.float()
+    assert torch.allclose(logits, expected, atol=0.05, rtol=0.01)
