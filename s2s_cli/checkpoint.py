@@ -12,7 +12,9 @@ import contextlib
 import hashlib
 import logging
 import os
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,7 +173,41 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return Checkpoint.from_payload(_load_payload(path, map_location), path)
 
 
-def _load_payload(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+@contextlib.contextmanager
+def checkpoint_to_build_from(path: str | Path) -> Iterator[Checkpoint]:
+    """A checkpoint whose tensors the block copies out (a model to build, on the CPU): the file
+    is mapped rather than read, and its digest is verified on a thread while the block runs.
+
+    A damaged file raises its CheckpointError when the block ends, in place of whatever the
+    block raised (damage explains a mismatch), so nothing built from it is returned. Mapping
+    and overlapping save ~0.2 s of a translation's start-up on a 150 MB checkpoint (0.23 s to
+    read and verify it, 0.15 s to build the model). The mapping ends with the last tensor that
+    views it: copy what you keep.
+    """
+    path = Path(path)
+    payload = _load_payload(path, "cpu", mmap=True, verify=False)
+    failures: list[CheckpointError] = []
+
+    def verify() -> None:
+        try:
+            _verify_digest(payload, path)
+        except CheckpointError as err:
+            failures.append(err)
+
+    # hashlib releases the GIL while it hashes, so the digest runs beside the model build
+    verifier = threading.Thread(target=verify, name="s2s-checkpoint-digest", daemon=True)
+    verifier.start()
+    try:
+        yield Checkpoint.from_payload(payload, path)
+    finally:
+        verifier.join()
+        if failures:
+            raise failures[0]  # in place of the block's own error, on purpose (see above)
+
+
+def _load_payload(
+    path: Path, map_location: str | torch.device, mmap: bool = False, verify: bool = True
+) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
     if path.is_dir():
@@ -179,7 +215,7 @@ def _load_payload(path: Path, map_location: str | torch.device) -> dict[str, Any
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": not for users
             warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location=map_location, weights_only=True)
+            payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # arbitrary bytes make torch.load fail in arbitrary ways
         raise CheckpointError(
             f"{path}: not a readable s2s checkpoint ({_what_file_is(path, err)})"
@@ -192,7 +228,8 @@ def _load_payload(path: Path, map_location: str | torch.device) -> dict[str, Any
             f"{path}: checkpoint format version {version} is not supported by this s2s "
             f"(expects {FORMAT_VERSION})"
         )
-    _verify_digest(payload, path)
+    if verify:
+        _verify_digest(payload, path)
     return payload
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from s2s_cli.checkpoint import load_checkpoint, model_from_checkpoint
+from s2s_cli.checkpoint import checkpoint_to_build_from, model_from_checkpoint
 from s2s_cli.config import DecodeConfig, ExperimentConfig
 from s2s_cli.data.spm import SPECIAL_PIECES, load_processor
 from s2s_cli.decoding.alignment import hard_alignment, replace_unknowns
@@ -93,9 +93,9 @@ class Translator:
             return cls._from_onnx(paths, device)
         models, spm_models, config = [], None, None
         for path in paths:
-            checkpoint = load_checkpoint(path, map_location="cpu")
-            model, cfg = model_from_checkpoint(checkpoint, device), checkpoint.config
-            spm = (checkpoint.spm["src"], checkpoint.spm["tgt"])
+            with checkpoint_to_build_from(path) as checkpoint:  # digest checked meanwhile
+                model, cfg = model_from_checkpoint(checkpoint, device), checkpoint.config
+                spm = (checkpoint.spm["src"], checkpoint.spm["tgt"])
             if spm_models is not None and spm != spm_models:
                 raise CheckpointError(
                     f"{path}: its vocabulary differs from {paths[0]}'s; "

@@ -206,6 +206,32 @@ def test_bit_rot_in_any_tensor_of_a_checkpoint_is_a_one_line_error(tmp_path, tra
         load_checkpoint(middle)
 
 
+def test_a_translator_verifies_the_digest_while_it_builds(tmp_path, trained_checkpoint):
+    """Translator.from_checkpoint maps the file and checks its digest on a thread while the model
+    is built: bit rot in the weights is still the one-line error, raised before any translation,
+    and it wins over an error the build itself raised; a sound file gives the build's own error
+    and the same weights as load_checkpoint."""
+    from s2s_cli.checkpoint import checkpoint_to_build_from
+
+    offset, size = max(_tensor_records(trained_checkpoint), key=lambda record: record[1])
+    rotten = tmp_path / "rotten.pt"
+    shutil.copyfile(trained_checkpoint, rotten)
+    _flip(rotten, offset + size // 2 - 32)
+    with pytest.raises(CheckpointError) as info:
+        Translator.from_checkpoint(rotten, device="cpu")
+    assert str(info.value).startswith(f"{rotten}: damaged: its contents do not match")
+    with pytest.raises(CheckpointError, match="damaged"), checkpoint_to_build_from(rotten):
+        raise RuntimeError("size mismatch")  # what rotten weights could make a build say
+    sound = checkpoint_to_build_from(trained_checkpoint)
+    with pytest.raises(RuntimeError, match="size mismatch"), sound:
+        raise RuntimeError("size mismatch")
+    with checkpoint_to_build_from(trained_checkpoint) as mapped:
+        read = load_checkpoint(trained_checkpoint)
+        assert mapped.model.keys() == read.model.keys()
+        assert all(torch.equal(mapped.model[k], read.model[k]) for k in read.model)
+        assert mapped.spm == read.spm and mapped.config == read.config
+
+
 def test_changed_metadata_fails_the_digest(tmp_path, trained_checkpoint):
     payload = torch.load(trained_checkpoint, weights_only=True)
     payload["progress"]["updates"] += 1
