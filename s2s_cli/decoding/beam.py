@@ -1,6 +1,7 @@
 """Beam search, batched over sentences x beams.
 
-Each step scores ``rows = sentences * beam`` live hypotheses, takes the ``2 * beam`` best
+Each step scores ``rows = sentences * beam`` live hypotheses (the first step one per sentence:
+its beams would all be the same BOS hypothesis), takes the ``2 * beam`` best
 extensions per sentence, moves extensions ending in EOS that rank within the top ``beam`` to the
 sentence's finished list, and keeps the best ``beam`` others alive. A sentence is done when it has
 ``beam`` finished hypotheses or reaches its length limit; done sentences leave the batch (their
@@ -12,6 +13,7 @@ included), plus the optional coverage penalty.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -27,11 +29,12 @@ from s2s_cli.decoding.scorer import Scorer
 
 @dataclass
 class Beams:
-    """Live hypotheses, ``rows = len(sentences) * beam`` of them."""
+    """Live hypotheses, ``rows = len(sentences) * beam`` of them (one per sentence before the
+    first step)."""
 
     sentences: list[int]  # n: original sentence index of each active sentence (host side)
     tokens: Tensor  # rows x (t + 1), BOS first
-    scores: Tensor  # n x beam cumulative log-probabilities (-inf: dead)
+    scores: Tensor  # n x beam cumulative log-probabilities (-inf: dead); n x 1 at first
     piece_scores: Tensor  # rows x t log-probability of each emitted piece
     attention: Tensor | None  # rows x t x S, when kept
     max_len: Tensor  # rows
@@ -84,20 +87,17 @@ def beam_search(
     # One encoder row per sentence, shared by its beams (adjacent rows of the decoder state):
     # attention reads it once for all of them, and no copies are laid out per beam.
     enc = scorer.encode(src, src_lengths)
-    rows = torch.arange(batch, device=device).repeat_interleave(beam)
-    state = scorer.select_state(scorer.init_state(enc), rows)
-    scores = torch.full((batch, beam), float("-inf"), device=device)
-    scores[:, 0] = 0.0  # all beams start identical: keep one so hypotheses stay distinct
+    # A sentence's beams would all start as the same hypothesis (BOS), so the first step scores
+    # one row per sentence; choosing its best `beam` extensions makes the `beam` rows.
+    state = scorer.init_state(enc)
     beams = Beams(
         sentences=list(range(batch)),
-        tokens=torch.full((batch * beam, 1), BOS, dtype=torch.long, device=device),
-        scores=scores,
-        piece_scores=torch.zeros(batch * beam, 0, device=device),
-        attention=torch.zeros(batch * beam, 0, src.size(1), device=device)
-        if keep_attention
-        else None,
-        max_len=max_lengths(src_lengths - 1, cfg.max_len_a, cfg.max_len_b).index_select(0, rows),
-        src_len=src_lengths.index_select(0, rows),
+        tokens=torch.full((batch, 1), BOS, dtype=torch.long, device=device),
+        scores=torch.zeros(batch, 1, device=device),
+        piece_scores=torch.zeros(batch, 0, device=device),
+        attention=torch.zeros(batch, 0, src.size(1), device=device) if keep_attention else None,
+        max_len=max_lengths(src_lengths - 1, cfg.max_len_a, cfg.max_len_b),
+        src_len=src_lengths,
     )
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     step = 0
@@ -149,7 +149,7 @@ def step_flags(
     top ``beam`` extensions whether it ends in EOS, then per sentence whether it reached its
     length limit or has no live beam left (see :func:`read_flags`)."""
     ending = (top_tokens[:, :beam] == EOS) & torch.isfinite(top_scores[:, :beam])
-    limit_reached = max_len.view(-1, beam)[:, 0] <= step
+    limit_reached = max_len.view(top_scores.size(0), -1)[:, 0] <= step  # a sentence's rows agree
     no_live = ~torch.isfinite(next_scores).any(dim=1)
     return torch.cat([ending.flatten(), limit_reached | no_live])
 
@@ -171,7 +171,8 @@ def top_candidates(scores: Tensor, lprobs: Tensor, beam: int) -> tuple[Tensor, T
     (topk's order among equals is unspecified).
     """
     sentences, vocab = scores.size(0), lprobs.size(1)
-    row_base = torch.arange(sentences, device=scores.device).unsqueeze(1) * beam
+    per_sentence = scores.size(1)  # rows per sentence: `beam`, or 1 at the first step
+    row_base = torch.arange(sentences, device=scores.device).unsqueeze(1) * per_sentence
     if beam == 1:
         candidates = scores.view(-1, 1) + lprobs
         top_scores, flat = candidates.max(dim=1, keepdim=True)
@@ -181,10 +182,17 @@ def top_candidates(scores: Tensor, lprobs: Tensor, beam: int) -> tuple[Tensor, T
     # same candidates and sums, without a rows x V pass and its buffer.
     width = min(2 * beam, vocab)
     row_top, row_tokens = row_topk(lprobs, width)  # rows x width
-    candidates = (scores.view(-1, 1) + row_top).view(sentences, beam * width)
-    top_scores, flat = candidates.topk(min(2 * beam, beam * width), dim=1)
+    candidates = (scores.view(-1, 1) + row_top).view(sentences, per_sentence * width)
+    top_scores, flat = candidates.topk(min(2 * beam, per_sentence * width), dim=1)
     rows = row_base + flat // width
-    return top_scores, rows, torch.take(row_tokens, rows * width + flat % width)
+    tokens = torch.take(row_tokens, rows * width + flat % width)
+    if top_scores.size(1) < beam:  # one row of fewer pieces than the beam: dead candidates
+        missing = beam - top_scores.size(1)
+        dead = top_scores.new_full((sentences, missing), -math.inf)
+        top_scores = torch.cat([top_scores, dead], dim=1)
+        rows = torch.cat([rows, rows[:, :1].expand(-1, missing)], dim=1)
+        tokens = torch.cat([tokens, tokens[:, :1].expand(-1, missing)], dim=1)
+    return top_scores, rows, tokens
 
 
 TOPK_BLOCK = 64  # pieces per block in row_topk

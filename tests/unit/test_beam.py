@@ -285,9 +285,10 @@ class TableScorer:
 def reference_top_candidates(scores, lprobs, beam):
     """The single-stage ranking the two-stage one replaced: every row x V sum at once."""
     sentences, vocab = scores.size(0), lprobs.size(1)
-    candidates = (scores.view(-1, 1) + lprobs).view(sentences, beam * vocab)
+    per_sentence = scores.size(1)  # beam, or 1 at the first step
+    candidates = (scores.view(-1, 1) + lprobs).view(sentences, per_sentence * vocab)
     top_scores, flat = candidates.topk(2 * beam, dim=1)
-    row_base = torch.arange(sentences).unsqueeze(1) * beam
+    row_base = torch.arange(sentences).unsqueeze(1) * per_sentence
     return top_scores, row_base + flat // vocab, flat % vocab
 
 
@@ -323,3 +324,37 @@ def test_two_stage_ranking_equals_ranking_every_extension(first_step):
     expected = reference_top_candidates(scores, lprobs, beam)
     for got, want in zip(found, expected, strict=True):
         assert torch.equal(got, want)
+
+
+def test_the_first_step_scores_one_row_per_sentence():
+    """A sentence's beams all start as BOS, so the first step scores one row per sentence: its
+    candidates are those of the beam rows with only beam 0 alive (what the search scored
+    before), their rows numbered per sentence."""
+    from s2s_cli.decoding.beam import top_candidates
+
+    g = torch.Generator().manual_seed(6)
+    sentences, beam, vocab = 3, 5, 700
+    lprobs = torch.log_softmax(torch.randn(sentences, vocab, generator=g) * 4, dim=-1)
+    one_row = top_candidates(torch.zeros(sentences, 1), lprobs, beam)
+    scores = torch.full((sentences, beam), float("-inf"))
+    scores[:, 0] = 0.0
+    every_row = top_candidates(scores, lprobs.repeat_interleave(beam, dim=0), beam)
+    assert torch.equal(one_row[0], every_row[0]) and torch.equal(one_row[2], every_row[2])
+    assert torch.equal(one_row[1] * beam, every_row[1])
+    small = top_candidates(torch.zeros(2, 1), torch.log_softmax(torch.randn(2, 3), -1), beam)
+    assert small[0].shape == (2, beam) and torch.isinf(small[0][:, 3:]).all()  # 3 pieces < beam
+
+
+def test_a_search_scores_one_row_per_sentence_at_its_first_step():
+    seen = []
+
+    class Spy(TableScorer):
+        def step(self, prev_tokens, state, enc):
+            seen.append(prev_tokens.numel())
+            return super().step(prev_tokens, state, enc)
+
+    src = torch.randint(4, 50, (4, 5), generator=torch.Generator().manual_seed(3))
+    src[:, -1] = EOS
+    results = beam_search(Spy(), src, torch.full((4,), 5), DecodeConfig(beam=5, max_len_b=6))
+    assert seen[0] == 4 and seen[1] == 4 * 5
+    assert all(hyps for hyps in results)
