@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Annotated
 
@@ -68,10 +67,7 @@ def command():  # -> click.Group
 
 
 def main() -> None:
-    # oneDNN keeps one compiled primitive (with its scratch memory) per tensor shape, up to 1,024;
-    # length-bucketed batches come in hundreds of shapes, so a small cache bounds memory at no
-    # measured cost in speed. Must be set before torch loads; the user's own setting wins.
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+    # (oneDNN's kernel cache size is set where the package is imported: s2s_cli/__init__.py)
     try:
         command()(prog_name="s2s")  # click ends with SystemExit, success included
         code: int | str | None = 0
