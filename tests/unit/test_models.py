@@ -682,3 +682,52 @@ def test_a_bf16_search_reads_float32_keys_and_gets_the_same_steps(attention, bri
             assert torch.allclose(weights.float(), plain_weights.float(), atol=0.02)
         (fp32_enc,) = Ensemble([model]).encode(src, lengths)
         assert torch.equal(fp32_enc.outputs, model.encode(src, lengths).outputs)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_bf16_decoding_by_packed_weights_gives_the_unpacked_scores(monkeypatch, cell, attention):
+    """Over the design space a bf16 model's CPU search steps (output layer, LSTM step, attentional
+    layer, tied pre-output projection) by packed weights give the log-probabilities of the same
+    bf16 steps through ``linear``, to bf16 rounding."""
+    import copy
+
+    from s2s_cli.decoding.scorer import Ensemble
+    from s2s_cli.models import products
+    from s2s_cli.models.recurrent import cast_for_inference
+
+    if not products._onednn_packing():
+        pytest.skip("this PyTorch lacks oneDNN's packed-weight ops")
+    src, lengths, tgt_in = batch()
+    packed_calls = []
+    packed_linear = products.packed_linear
+    monkeypatch.setattr(
+        products, "packed_linear", lambda *a: packed_calls.append(1) or packed_linear(*a)
+    )
+    variants = [
+        {"decoder_layers": 2, "encoder_layers": 2, "input_feeding": True},
+        {"attention_placement": "bahdanau", "peeky": True, "bridge": "bridge"},
+        {"tie_embeddings": True, "embed_dim": 8, "hidden_size": 12},
+    ]
+    for variant in variants:
+        model = model_for(cell=cell, attention=attention, **variant)
+        bf16 = cast_for_inference(copy.deepcopy(model), torch.bfloat16, torch.device("cpu"))
+        scorer = Ensemble([bf16])
+
+        def scores(scorer: Ensemble = scorer) -> torch.Tensor:
+            with torch.no_grad():
+                enc = scorer.encode(src, lengths)
+                state = scorer.init_state(enc)
+                steps = []
+                for t in range(tgt_in.size(1)):
+                    lprobs, state, _ = scorer.step(tgt_in[:, t], state, enc)
+                    steps.append(lprobs.clone())  # (a buffer the next step reuses)
+                return torch.stack(steps, 1)
+
+        packed_calls.clear()
+        by_packed = scores()
+        assert packed_calls  # the output layer at least
+        with monkeypatch.context() as unpacked:
+            unpacked.setattr(products, "packs", lambda *a: False)
+            by_linear = scores()
+        assert torch.allclose(by_packed, by_linear, atol=0.05, rtol=0.02), variant
