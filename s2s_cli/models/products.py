@@ -6,7 +6,8 @@ an 8,000 x 512 output matrix that is a third of the product's time, and more for
 left at the end of a batch. Outside autograd, a bf16 step on the CPU instead multiplies by a
 weight oneDNN rearranged once (``torch.ops.mkldnn._reorder_linear_weight``, kept until the weight
 changes): 1.25-1.9x faster per product on an Intel Xeon with AMX (docs/benchmarks.md, "Packed
-weights"). Where the ops are missing or refuse the dtype, steps fall back to ``linear``.
+weights"). Where the ops are missing or refuse the dtype, or the CPU lacks AVX-512 (PyTorch then
+keeps bf16 products off oneDNN itself), steps multiply as before.
 
 Rounded rows. A search's batch shrinks as sentences finish, so a decoding step multiplies
 matrices of a new row count every few steps. oneDNN builds a kernel for every new shape (~1 ms
@@ -80,7 +81,8 @@ _packs = WeakIdKeyDictionary()
 def packs(x: Tensor, weight: Tensor) -> bool:
     """Whether a product of ``x`` (rows x K) with ``weight`` runs by a packed weight: on the
     CPU, both of one packable dtype, outside autograd, autocast and tracing, where this
-    PyTorch has the oneDNN ops (:func:`packed_linear`)."""
+    PyTorch has the oneDNN ops and this CPU runs the dtype through oneDNN
+    (:func:`packed_linear`)."""
     return (
         x.device.type == "cpu"
         and x.dim() == 2
@@ -91,7 +93,7 @@ def packs(x: Tensor, weight: Tensor) -> bool:
         and not cpu_autocast()
         and not torch.jit.is_tracing()
         and torch.backends.mkldnn.enabled
-        and _onednn_packing()
+        and _onednn_packing(x.dtype)
     )
 
 
@@ -124,13 +126,17 @@ def packed_weight(weights: tuple[Tensor, ...]) -> Tensor:
 
 
 @functools.cache
-def _onednn_packing() -> bool:
-    """Whether this PyTorch has oneDNN's packed-weight ops (private ones, hence the check)."""
+def _onednn_packing(dtype: torch.dtype) -> bool:
+    """Whether this PyTorch has oneDNN's packed-weight ops (private ones, hence the check) and
+    this CPU runs ``dtype`` products through oneDNN anyway: for bf16, PyTorch's own rule (a CPU
+    with AVX-512; elsewhere its bf16 products are its own kernels, and oneDNN's may be slow)."""
     try:
+        ops = torch.ops.mkldnn
         return bool(
             torch.backends.mkldnn.is_available()
-            and torch.ops.mkldnn._reorder_linear_weight is not None
-            and torch.ops.mkldnn._linear_pointwise is not None
+            and ops._reorder_linear_weight is not None
+            and ops._linear_pointwise is not None
+            and (dtype != torch.bfloat16 or ops._is_mkldnn_bf16_supported())
         )
     except (AttributeError, RuntimeError):  # an older or a slimmer PyTorch
         return False

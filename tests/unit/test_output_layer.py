@@ -99,7 +99,8 @@ def test_onednn_kernel_cache_is_raised_unless_the_user_set_it():
 
 
 needs_packing = pytest.mark.skipif(
-    not products._onednn_packing(), reason="this PyTorch lacks oneDNN's packed-weight ops"
+    not products._onednn_packing(torch.bfloat16),
+    reason="this PyTorch lacks oneDNN's packed-weight ops, or this CPU runs bf16 products elsewhere",
 )
 
 
@@ -173,5 +174,17 @@ def test_bf16_logits_by_a_packed_weight(monkeypatch):
         logits = float_logits(inputs, weight, bias)
     assert calls == [1]
     assert logits.dtype == torch.float32 and logits.shape == (37, 320)
+    expected = nn.functional.linear(inputs, weight).float() + bias.float()
+    assert torch.allclose(logits, expected, atol=0.05, rtol=0.01)
+
+
+def test_no_packing_where_this_cpu_runs_bf16_products_elsewhere(monkeypatch):
+    """Without AVX-512 PyTorch keeps bf16 products off oneDNN (whose kernels may be slow there):
+    so do decoding steps, and the logits are still right."""
+    monkeypatch.setattr(products, "_onednn_packing", lambda dtype: False)
+    inputs, weight, bias = operands(8, torch.bfloat16)
+    with torch.no_grad():
+        assert not products.packs(inputs, weight)
+        logits = float_logits(inputs, weight, bias)
     expected = nn.functional.linear(inputs, weight).float() + bias.float()
     assert torch.allclose(logits, expected, atol=0.05, rtol=0.01)
