@@ -104,6 +104,30 @@ def gemm_rate(
     return best
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for the line every benchmark table carries."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def s2s_translate_command(
+    checkpoint: Path, source: Path, out: Path, beam: int, precision: str
+) -> list[str]:
+    """The ``s2s translate`` command the translation benchmarks time: test2016 as
+    ``make bench-peers`` translates it (batches of 64 sentences; OpenNMT-py stops a batch at
+    1.25 x its longest source + 5 pieces, so s2s gets the same limit per sentence)."""
+    return [
+        sys.executable, "-m", "s2s_cli", "translate", "-c", str(checkpoint), "-i", str(source),
+        "-o", str(out), "--beam", str(beam), "--batch-size", "64", "--precision", precision,
+        "--max-len-a", "1.25", "--max-len-b", "5", "--device", "cpu", "-q",
+    ]  # fmt: skip
+
+
 def machine() -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {load:.2f}"

@@ -45,7 +45,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH_MODEL, OUT, benchmark_dataset, data_dir_argument, gemm_rate, machine
+from common import (
+    BENCH_MODEL,
+    OUT,
+    benchmark_dataset,
+    cpu_model,
+    data_dir_argument,
+    gemm_rate,
+    machine,
+    s2s_translate_command,
+)
 
 from s2s_cli.io import read_lines
 
@@ -380,12 +389,7 @@ def translate_onmt(opennmt: Path, model: str, pieces: Path, beam: int, out: Path
 
 
 def translate_s2s(checkpoint: Path, source: Path, beam: int, precision: str, out: Path) -> tuple:
-    # OpenNMT-py stops a batch at 1.25 x its longest source + 5 pieces: the same limit per sentence
-    command = [
-        sys.executable, "-m", "s2s_cli", "translate", "-c", str(checkpoint), "-i", str(source),
-        "-o", str(out), "--beam", str(beam), "--batch-size", "64", "--precision", precision,
-        "--max-len-a", "1.25", "--max-len-b", "5", "--device", "cpu", "-q",
-    ]  # fmt: skip
+    command = s2s_translate_command(checkpoint, source, out, beam, precision)
     start = time.perf_counter()
     subprocess.run(command, check=True)
     return time.perf_counter() - start, out
@@ -402,18 +406,6 @@ def detokenized(path: Path, spm_model: Path, pieces: bool) -> list[str]:
 
 
 # -- the run -----------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def training_table(results: dict, order: list[str]) -> list[str]:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import data_dir_argument, machine
+from common import cpu_model, data_dir_argument, machine, s2s_translate_command
 
 SETTINGS = [
     ("beam 5", 5, "fp32"),
@@ -37,11 +37,7 @@ SETTINGS = [
 def translate(
     tree: Path, checkpoint: Path, source: Path, beam: int, precision: str, out: Path
 ) -> float:
-    command = [
-        sys.executable, "-m", "s2s_cli", "translate", "-c", str(checkpoint), "-i", str(source),
-        "-o", str(out), "--beam", str(beam), "--batch-size", "64", "--precision", precision,
-        "--max-len-a", "1.25", "--max-len-b", "5", "--device", "cpu", "-q",
-    ]  # fmt: skip
+    command = s2s_translate_command(checkpoint, source, out, beam, precision)
     env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
     start = time.perf_counter()
     subprocess.run(command, check=True, env=env, cwd=tree)
@@ -71,7 +67,7 @@ def main() -> None:
                 out = (args.out / f"{side}.beam{beam}.{precision}.txt").resolve()
                 seconds = translate(tree, checkpoint, source.resolve(), beam, precision, out)
                 times.setdefault((name, precision, side), []).append(seconds)
-    print(f"# {machine()}")
+    print(f"# CPU: {cpu_model()} ({machine()})")
     print(f"# translate_ab: base {args.base}, new {args.new}, {args.rounds} alternating rounds")
     print(
         "| search | precision | base s (median) | new s (median) | base/new | BLEU base | BLEU new | lines differing |"

@@ -13,7 +13,6 @@ included), plus the optional coverage penalty.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -188,7 +187,7 @@ def top_candidates(scores: Tensor, lprobs: Tensor, beam: int) -> tuple[Tensor, T
     tokens = torch.take(row_tokens, rows * width + flat % width)
     if top_scores.size(1) < beam:  # one row of fewer pieces than the beam: dead candidates
         missing = beam - top_scores.size(1)
-        dead = top_scores.new_full((sentences, missing), -math.inf)
+        dead = top_scores.new_full((sentences, missing), float("-inf"))
         top_scores = torch.cat([top_scores, dead], dim=1)
         rows = torch.cat([rows, rows[:, :1].expand(-1, missing)], dim=1)
         tokens = torch.cat([tokens, tokens[:, :1].expand(-1, missing)], dim=1)

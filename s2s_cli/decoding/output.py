@@ -70,16 +70,15 @@ def float_logits(
     buffer = buffer or LogitsBuffer()
     rows, vocab = inputs.size(0), weight.size(0)
     out = buffer.take(rows, vocab, inputs.device, torch.float32)
-    if products.packs(inputs, weight):  # weights cast for inference, packed
-        out.copy_(products.packed_linear(inputs, (weight,)))
-    elif not products.is_reduced_precision(inputs, weight):
+    if not products.is_reduced_precision(inputs, weight):
         return torch.addmm(bias, inputs, weight.t(), out=out)
-    elif inputs.dtype == weight.dtype:  # weights cast for inference: the product into the buffer
+    if inputs.dtype == weight.dtype and not products.packs(inputs, weight):
+        # weights cast for inference, not packed: the product into the buffer too
         padded = products.padded_rows(inputs) if products.rounds_rows(inputs, weight) else inputs
         product = buffer.take(padded.size(0), vocab, inputs.device, inputs.dtype)
         torch.mm(padded, weight.t(), out=product)
         out.copy_(product[:rows])
-    else:  # autocast (which skips out= calls)
+    else:  # a packed weight, or autocast (which skips out= calls)
         out.copy_(products.step_linear(inputs, weight))
     return out.add_(bias.float())
 

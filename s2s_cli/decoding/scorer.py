@@ -115,7 +115,7 @@ def _for_steps(model: Seq2Seq, enc: EncoderOut) -> EncoderOut:
     attention = model.decoder.attention
     if attention is None or enc.keys is None or enc.outputs.device.type != "cpu":
         return enc
-    if enc.outputs.dtype == torch.float32 or products.cpu_autocast():
+    if products.cpu_autocast():  # (it would cast them back for every product)
         return enc
     keys, values = attention.float32_keys(enc.keys, enc.outputs)
     return enc._replace(keys=keys, outputs=values)

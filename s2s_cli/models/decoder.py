@@ -326,33 +326,35 @@ def _lstm_step(
     update itself runs in float32.
     """
     new_hidden, new_cell = [], []
-    rows = x.size(0)
     for layer in range(rnn.num_layers):
         w_ih = getattr(rnn, f"weight_ih_l{layer}")
         w_hh = getattr(rnn, f"weight_hh_l{layer}")
         bias = _layer_bias(rnn, layer)
-        inputs, h_prev = x, hidden[layer]
+        h_prev = hidden[layer]
         if products.packs(x, w_ih):  # [x; h] @ [W_ih W_hh]^T: one product, its weight packed
             gates = products.packed_linear(torch.cat([x, h_prev], dim=1), (w_ih, w_hh), bias)
-            h, c = _lstm_cell(gates.float(), cell[layer].float())
-            h = h.to(hidden.dtype)
-            new_hidden.append(h)
-            new_cell.append(c.to(cell.dtype))
-            x = h
-            continue
-        if products.rounds_rows(x, w_ih):
-            inputs, h_prev = products.padded_rows(inputs), products.padded_rows(h_prev)
-        # out of place, so autocast casts every product (it skips in-place ops)
-        if bias is None:
-            gates = torch.mm(inputs, w_ih.t()) + torch.mm(h_prev, w_hh.t())
         else:
-            gates = torch.addmm(torch.addmm(bias, inputs, w_ih.t()), h_prev, w_hh.t())
-        h, c = _lstm_cell(gates[:rows].float(), cell[layer].float())
+            gates = _two_products(x, h_prev, w_ih, w_hh, bias)
+        h, c = _lstm_cell(gates.float(), cell[layer].float())
         h = h.to(hidden.dtype)
         new_hidden.append(h)
         new_cell.append(c.to(cell.dtype))
         x = h  # inter-layer dropout is a training-time rule; this path runs in eval mode
     return h, (torch.stack(new_hidden), torch.stack(new_cell))
+
+
+def _two_products(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Tensor | None) -> Tensor:
+    """``bias + x W_ih^T + h W_hh^T`` as two products, rows rounded up where
+    :func:`~s2s_cli.models.products.rounds_rows` says (the first rows are returned)."""
+    rows = x.size(0)
+    if products.rounds_rows(x, w_ih):
+        x, h = products.padded_rows(x), products.padded_rows(h)
+    # out of place, so autocast casts every product (it skips in-place ops)
+    if bias is None:
+        gates = torch.mm(x, w_ih.t()) + torch.mm(h, w_hh.t())
+    else:
+        gates = torch.addmm(torch.addmm(bias, x, w_ih.t()), h, w_hh.t())
+    return gates[:rows]
 
 
 def _lstm_cell(gates: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:

@@ -101,7 +101,7 @@ def packed_linear(x: Tensor, weights: tuple[Tensor, ...], bias: Tensor | None = 
     """``x @ cat(weights, dim=1).T + bias`` by the weights' packed form, rows rounded up to
     :data:`ROW_MULTIPLE` (oneDNN builds a kernel per row count here too). Falls back to
     ``linear`` for good if oneDNN refuses the dtype."""
-    padded = padded_rows(x) if x.size(0) % ROW_MULTIPLE else x
+    padded = padded_rows(x)
     try:
         packed = packed_weight(weights)
         out = torch.ops.mkldnn._linear_pointwise(padded, packed, bias, "none", [], "")
