@@ -116,16 +116,23 @@ def cpu_model() -> str:
 
 
 def s2s_translate_command(
-    checkpoint: Path, source: Path, out: Path, beam: int, precision: str
+    checkpoint: Path,
+    source: Path,
+    out: Path,
+    beam: int,
+    precision: str,
+    shortlist: Path | None = None,
 ) -> list[str]:
     """The ``s2s translate`` command the translation benchmarks time: test2016 as
     ``make bench-peers`` translates it (batches of 64 sentences; OpenNMT-py stops a batch at
-    1.25 x its longest source + 5 pieces, so s2s gets the same limit per sentence)."""
-    return [
+    1.25 x its longest source + 5 pieces, so s2s gets the same limit per sentence), with a
+    lexical ``shortlist`` where one is given."""
+    command = [
         sys.executable, "-m", "s2s_cli", "translate", "-c", str(checkpoint), "-i", str(source),
         "-o", str(out), "--beam", str(beam), "--batch-size", "64", "--precision", precision,
         "--max-len-a", "1.25", "--max-len-b", "5", "--device", "cpu", "-q",
     ]  # fmt: skip
+    return command if shortlist is None else [*command, "--shortlist", str(shortlist)]
 
 
 def machine() -> str:

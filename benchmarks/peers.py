@@ -25,7 +25,11 @@
    alternating, ``--rounds`` times; the models are OpenNMT-py's bench-lstm and s2s's input-feeding
    fp32 run above, both trained for the same ``--updates`` updates in this run (so their outputs
    have realistic lengths; the BLEU of each is printed). OpenNMT-py reads and writes pieces (its
-   SentencePiece splitting is not timed); s2s reads raw text and writes detokenized text.
+   SentencePiece splitting is not timed); s2s reads raw text and writes detokenized text. s2s
+   also translates with a lexical shortlist (``s2s shortlist --data DATASET``, the defaults,
+   built once from the training split, its time printed but not counted), in rows of their own
+   whose BLEU is shown beside the full-vocabulary search's: the shortlist changes what the
+   search may choose, so its rows are a different setting, never the plain one.
 
 Printed: the CPU model, the fp32 and bf16 matmul rates and the load average beside the tables;
 JSON of every measurement goes to ``benchmarks/out/peers/results.json``.
@@ -388,11 +392,37 @@ def translate_onmt(opennmt: Path, model: str, pieces: Path, beam: int, out: Path
     return time.perf_counter() - start, out
 
 
-def translate_s2s(checkpoint: Path, source: Path, beam: int, precision: str, out: Path) -> tuple:
-    command = s2s_translate_command(checkpoint, source, out, beam, precision)
+def translate_s2s(
+    checkpoint: Path, source: Path, beam: int, system: str, out: Path, shortlist: Path
+) -> tuple:
+    """``system``: "s2s PRECISION", or "s2s PRECISION + shortlist"."""
+    precision = system.split()[1]
+    listed = shortlist if system.endswith("+ shortlist") else None
+    command = s2s_translate_command(checkpoint, source, out, beam, precision, listed)
     start = time.perf_counter()
     subprocess.run(command, check=True)
     return time.perf_counter() - start, out
+
+
+def build_shortlist(dataset: Path) -> tuple[Path, float]:
+    """``s2s shortlist`` with its defaults on the benchmark's dataset: (the file, seconds)."""
+    path = PEERS / "shortlist.npz"
+    command = [
+        sys.executable,
+        "-m",
+        "s2s_cli",
+        "shortlist",
+        "--data",
+        str(dataset),
+        "-o",
+        str(path),
+    ]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return path, time.perf_counter() - start
+
+
+TRANSLATORS = ("OpenNMT-py", "s2s fp32", "s2s bf16", "s2s fp32 + shortlist", "s2s bf16 + shortlist")
 
 
 def detokenized(path: Path, spm_model: Path, pieces: bool) -> list[str]:
@@ -473,9 +503,9 @@ def main() -> None:
     print("\n" + "\n".join(training_table(training, [*systems, "OpenNMT-py, fp32"])), flush=True)
 
     s2s_model = Path(training[TRANSLATION_MODEL][-1]["model"])
-    configs = [
-        (beam, system) for beam in (5, 1) for system in ("OpenNMT-py", "s2s fp32", "s2s bf16")
-    ]
+    log("== building the lexical shortlist (s2s shortlist, defaults)")
+    shortlist, shortlist_seconds = build_shortlist(dataset)
+    configs = [(beam, system) for beam in (5, 1) for system in TRANSLATORS]
     seconds: dict[tuple[int, str], list[float]] = {c: [] for c in configs}
     outputs: dict[tuple[int, str], Path] = {}
     translations = PEERS / "translations"
@@ -487,7 +517,7 @@ def main() -> None:
             if system == "OpenNMT-py":
                 wall, path = translate_onmt(opennmt, onmt["model"], pieces, beam, out)
             else:
-                wall, path = translate_s2s(s2s_model, source, beam, system.split()[1], out)
+                wall, path = translate_s2s(s2s_model, source, beam, system, out, shortlist)
             seconds[(beam, system)].append(wall)
             outputs[(beam, system)] = path
 
@@ -497,19 +527,24 @@ def main() -> None:
     ]
     reference_words = sum(len(r.split()) for r in references) / len(references)
     translation_rows = []
+    scores: dict[tuple[int, str], float] = {}
     for beam, system in configs:
         median = statistics.median(seconds[(beam, system)])
         base = statistics.median(seconds[(beam, "OpenNMT-py")])
         hypotheses = detokenized(
             outputs[(beam, system)], dataset / "spm.model", pieces=system == "OpenNMT-py"
         )
-        score = corpus_bleu(hypotheses, references)
+        score = scores[(beam, system)] = corpus_bleu(hypotheses, references)
+        bleu = f"{score:.2f}"
+        full = system.removesuffix(" + shortlist")
+        if full != system:  # beside the same search over the whole vocabulary
+            bleu += f" ({score - scores[(beam, full)]:+.2f} vs {full})"
         words = sum(len(h.split()) for h in hypotheses) / len(hypotheses)
         search = "beam 5" if beam == 5 else "greedy"
         rounds = " / ".join(f"{s:.2f}" for s in seconds[(beam, system)])
         lines.append(
             f"| {search} | {system} | {median:.2f} | {rounds} | {base / median:.2f}x | "
-            f"{score:.2f} | {words:.1f} |"
+            f"{bleu} | {words:.1f} |"
         )
         translation_rows.append(
             {"beam": beam, "system": system, "seconds": seconds[(beam, system)], "bleu": score,
@@ -517,7 +552,9 @@ def main() -> None:
         )  # fmt: skip
     print(
         f"\n# translating test2016 (1,000 sentences, batches of 64; reference {reference_words:.1f} "
-        f"words per line), whole command; models trained for {args.updates} updates above",
+        f"words per line), whole command; models trained for {args.updates} updates above; "
+        f"the shortlist (built once in {shortlist_seconds:.0f} s, not counted) scores a few "
+        "thousand of the 8,000 pieces per batch",
         flush=True,
     )
     print("\n".join(lines))
@@ -527,6 +564,7 @@ def main() -> None:
         "header": header,
         "training": training,
         "translation": translation_rows,
+        "shortlist_build_s": shortlist_seconds,
         "minutes": total / 60,
     }
     (PEERS / "results.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -6,7 +6,8 @@ new tree's, alternating, each a separate ``python -m s2s_cli translate`` process
 test2016 (1,000 sentences, batches of 64, OpenNMT-py's length limit 1.25 x source + 5, as
 ``make bench-peers`` translates), so machine drift hits both sides alike. Reports the median
 seconds per setting, the ratio base/new, BLEU of each (sacreBLEU against the reference) and how
-many lines differ between the two outputs.
+many lines differ between the two outputs. With ``--shortlist FILE`` (``s2s shortlist``) every
+command translates with that lexical shortlist.
 
     git worktree add /tmp/base HEAD
     python benchmarks/translate_ab.py --base /tmp/base --new . --checkpoint CKPT [--rounds 3]
@@ -35,9 +36,15 @@ SETTINGS = [
 
 
 def translate(
-    tree: Path, checkpoint: Path, source: Path, beam: int, precision: str, out: Path
+    tree: Path,
+    checkpoint: Path,
+    source: Path,
+    beam: int,
+    precision: str,
+    out: Path,
+    shortlist: Path | None,
 ) -> float:
-    command = s2s_translate_command(checkpoint, source, out, beam, precision)
+    command = s2s_translate_command(checkpoint, source, out, beam, precision, shortlist)
     env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
     start = time.perf_counter()
     subprocess.run(command, check=True, env=env, cwd=tree)
@@ -50,6 +57,7 @@ def main() -> None:
     parser.add_argument("--new", type=Path, required=True, help="source tree of the changed s2s")
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--shortlist", type=Path, help="translate with this lexical shortlist")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/translate_ab"))
     data_dir_argument(parser)
     args = parser.parse_args()
@@ -60,15 +68,22 @@ def main() -> None:
         reference = f.read().splitlines()
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = args.checkpoint.resolve()
+    shortlist = args.shortlist.resolve() if args.shortlist else None
     times: dict[tuple[str, str, str], list[float]] = {}
     for _ in range(args.rounds):
         for name, beam, precision in SETTINGS:
             for side, tree in (("base", args.base), ("new", args.new)):
                 out = (args.out / f"{side}.beam{beam}.{precision}.txt").resolve()
-                seconds = translate(tree, checkpoint, source.resolve(), beam, precision, out)
+                seconds = translate(
+                    tree, checkpoint, source.resolve(), beam, precision, out, shortlist
+                )
                 times.setdefault((name, precision, side), []).append(seconds)
     print(f"# CPU: {cpu_model()} ({machine()})")
-    print(f"# translate_ab: base {args.base}, new {args.new}, {args.rounds} alternating rounds")
+    listed = f", shortlist {args.shortlist}" if args.shortlist else ""
+    print(
+        f"# translate_ab: base {args.base}, new {args.new}, {args.rounds} alternating rounds"
+        f"{listed}"
+    )
     print(
         "| search | precision | base s (median) | new s (median) | base/new | BLEU base | BLEU new | lines differing |"
     )

@@ -361,7 +361,10 @@ def model_from_checkpoint(
 
     vocab = checkpoint.vocab
     try:
-        model = build_model(checkpoint.config.model, vocab.src_size, vocab.tgt_size)
+        # every weight comes from the checkpoint (a strict load): no random ones drawn first
+        model = build_model(
+            checkpoint.config.model, vocab.src_size, vocab.tgt_size, initialise=False
+        )
         model.load_state_dict(float_weights(checkpoint))
     except (RuntimeError, ConfigError) as err:
         reason = str(err).strip().splitlines()[0][:160]

@@ -4,7 +4,8 @@ Training and the model's own :meth:`Decoder.project` always score the whole voca
 may score only some pieces (a lexical shortlist, :mod:`s2s_cli.decoding.shortlist`): ``restrict``
 returns a layer over the rows ``ids`` of the output matrix, computed once per batch, so each step
 multiplies by a ``K x E`` matrix instead of ``V x E``. Its logits are the full layer's logits of
-those pieces, so a softmax over them is exactly the full softmax renormalised over the subset.
+those pieces, so a softmax over them is exactly the full softmax renormalised over the subset (a
+bf16 layer on the CPU appends columns of ``-inf``, which change neither; :func:`output_rows`).
 :class:`s2s_cli.decoding.int8.Int8Output` is the same contract with int8 weights.
 """
 
@@ -19,6 +20,10 @@ from torch import Tensor, nn
 from s2s_cli.models import products
 from s2s_cli.models.decoder import Decoder
 
+# A restricted layer's width on the CPU in reduced precision rounds up to a multiple of this
+# (output_rows); at most 255 wasted columns of a list of some thousands
+RESTRICTED_WIDTH_MULTIPLE = 256
+
 
 class OutputLayer(Protocol):
     def __call__(self, features: Tensor) -> Tensor:
@@ -27,7 +32,8 @@ class OutputLayer(Protocol):
         ...
 
     def restrict(self, ids: Tensor) -> OutputLayer:
-        """The layer over vocabulary rows ``ids`` only (sorted piece ids, ``K``)."""
+        """The layer over vocabulary rows ``ids`` only (sorted piece ids, ``K``); its logits
+        may have more columns after the ``K``, all ``-inf``."""
         ...
 
 
@@ -98,9 +104,7 @@ class FullOutput:
 
     def restrict(self, ids: Tensor) -> OutputLayer:
         weight, bias = self.decoder.output_matrix()
-        return RowsOutput(
-            self.decoder.pre_output, weight.index_select(0, ids), bias.index_select(0, ids)
-        )
+        return RowsOutput(self.decoder.pre_output, *output_rows(weight, bias, ids))
 
 
 class RowsOutput:
@@ -117,9 +121,27 @@ class RowsOutput:
         return float_logits(inputs, self.weight, self.bias, self.buffer)
 
     def restrict(self, ids: Tensor) -> OutputLayer:
-        return RowsOutput(
-            self.pre, self.weight.index_select(0, ids), self.bias.index_select(0, ids)
-        )
+        return RowsOutput(self.pre, *output_rows(self.weight, self.bias, ids))
+
+
+def output_rows(weight: Tensor, bias: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows ``ids`` of an output layer's weight and bias, for a restricted layer.
+
+    A reduced-precision product on the CPU (oneDNN's) builds a kernel for every new operand
+    shape, 2-4 ms each at these sizes, and every batch of a shortlisted search has a list of its
+    own length: with the row counts a search runs through, over a hundred kernels (a third of a
+    second) in translating Multi30k test2016 in bf16. A CPU layer whose weight is not float32
+    (weights cast for inference) therefore pads its rows up to a multiple of
+    :data:`RESTRICTED_WIDTH_MULTIPLE` with zero rows whose bias is ``-inf``: their logits are
+    ``-inf``, so they add nothing to a softmax and are never chosen, and the columns before them
+    are the logits of ``ids``.
+    """
+    weight, bias = weight.index_select(0, ids), bias.index_select(0, ids)
+    extra = -ids.numel() % RESTRICTED_WIDTH_MULTIPLE
+    if weight.device.type != "cpu" or weight.dtype == torch.float32 or not extra:
+        return weight, bias
+    weight = torch.cat([weight, weight.new_zeros(extra, weight.size(1))])
+    return weight, torch.cat([bias, bias.new_full((extra,), float("-inf"))])
 
 
 def _pre_output(pre: nn.Module, features: Tensor) -> Tensor:

@@ -10,10 +10,11 @@ import torch
 
 from s2s_cli.config import CELLS, PRESETS, DecodeConfig, from_dict
 from s2s_cli.data.spm import BOS, EOS, PAD
+from s2s_cli.decoding import output
 from s2s_cli.decoding.beam import beam_search
 from s2s_cli.decoding.greedy import greedy_search
 from s2s_cli.decoding.int8 import Int8Output, quantize_int8
-from s2s_cli.decoding.output import FullOutput
+from s2s_cli.decoding.output import RESTRICTED_WIDTH_MULTIPLE, FullOutput, RowsOutput, output_rows
 from s2s_cli.decoding.scorer import Ensemble
 from s2s_cli.decoding.search import search_all
 from s2s_cli.decoding.shortlist import Shortlist, build_shortlist
@@ -94,6 +95,54 @@ def test_restricted_search_equals_the_full_search_with_other_pieces_forbidden(pr
 def test_a_restricted_vocabulary_must_keep_the_special_pieces():
     with pytest.raises(ValueError, match="special pieces"):
         Ensemble([model_for()]).restricted(torch.tensor([0, 1, 3, 4]))
+
+
+def bf16_model(**kwargs) -> torch.nn.Module:
+    """A model whose weights were cast to bf16 for decoding, as ``--precision bf16`` casts them."""
+    return model_for(**kwargs).to(torch.bfloat16)
+
+
+def test_a_bf16_restricted_layer_pads_its_width_with_pieces_that_are_never_scored():
+    model = bf16_model()
+    src, lengths = sources()
+    restricted = Ensemble([model]).restricted(SUBSET)
+    unpadded = Ensemble([model], [RowsOutput(model.decoder.pre_output, *plain_rows(model))], SUBSET)
+    prev_columns = torch.tensor([BOS, 4, 7, 13, 2, 5])
+    with torch.no_grad():
+        enc = restricted.encode(src, lengths)
+        padded_lp = restricted.step(prev_columns, restricted.init_state(enc), enc)[0]
+        plain_lp = unpadded.step(prev_columns, unpadded.init_state(enc), enc)[0]
+    width = SUBSET.numel()
+    assert padded_lp.size(1) % RESTRICTED_WIDTH_MULTIPLE == 0 and padded_lp.size(1) > width
+    assert torch.isneginf(padded_lp[:, width:]).all()
+    torch.testing.assert_close(padded_lp[:, :width], plain_lp, atol=1e-3, rtol=0)
+
+
+def plain_rows(model) -> tuple[torch.Tensor, torch.Tensor]:
+    weight, bias = model.decoder.output_matrix()
+    return weight.index_select(0, SUBSET), bias.index_select(0, SUBSET)
+
+
+def test_a_float32_restricted_layer_is_as_wide_as_its_list():
+    weight, bias = output_rows(torch.randn(VOCAB, 8), torch.randn(VOCAB), SUBSET)
+    assert weight.shape == (SUBSET.numel(), 8) and bias.shape == (SUBSET.numel(),)
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_a_padded_bf16_search_returns_what_the_unpadded_one_does(beam, monkeypatch):
+    model = bf16_model(preset="luong")
+    src, lengths = sources(seed=3)
+    cfg = DecodeConfig(beam=beam, nbest=1 if beam == 1 else 3, max_len_b=6)
+    search = greedy_search if beam == 1 else beam_search
+    with torch.no_grad():
+        padded = search(Ensemble([model]).restricted(SUBSET), src, lengths, cfg)
+        monkeypatch.setattr(output, "RESTRICTED_WIDTH_MULTIPLE", 1)
+        plain = search(Ensemble([model]).restricted(SUBSET), src, lengths, cfg)
+    for want, have in zip(plain, padded, strict=True):
+        assert [h.tokens for h in want] == [h.tokens for h in have]
+        assert max(max(h.tokens, default=0) for h in have) < SUBSET.numel()
+        for a, b in zip(want, have, strict=True):
+            assert a.score == pytest.approx(b.score, abs=1e-3)
 
 
 class FixedShortlist(Shortlist):

@@ -731,3 +731,36 @@ def test_bf16_decoding_by_packed_weights_gives_the_unpacked_scores(monkeypatch, 
             unpacked.setattr(products, "packs", lambda *a: False)
             by_linear = scores()
         assert torch.allclose(by_packed, by_linear, atol=0.05, rtol=0.02), variant
+
+
+@pytest.mark.parametrize("weight_init", ["pytorch", "uniform", "lecun_normal"])
+def test_a_model_built_to_be_loaded_draws_nothing_and_loads_to_the_same_model(weight_init):
+    cfg = ModelConfig(embed_dim=8, hidden_size=12, dropout=0.0, weight_init=weight_init)
+    torch.manual_seed(3)
+    trained = build_model(cfg, VOCAB, VOCAB).eval()
+    rng = torch.get_rng_state()
+    empty = build_model(cfg, VOCAB, VOCAB, initialise=False)
+    assert torch.equal(torch.get_rng_state(), rng)  # no random initial weights were drawn
+    empty.load_state_dict(trained.state_dict())
+    src, lengths, tgt_in = batch()
+    with torch.no_grad():
+        assert torch.equal(empty.eval()(src, lengths, tgt_in), trained(src, lengths, tgt_in))
+    # and torch.nn.init works again afterwards, for everyone
+    torch.manual_seed(3)
+    again = build_model(cfg, VOCAB, VOCAB)
+    for (name, a), b in zip(trained.named_parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_initialisers_come_back_when_a_build_fails(monkeypatch):
+    import s2s_cli.models.build as build
+
+    uniform = torch.nn.init.uniform_
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("build failed")
+
+    monkeypatch.setattr(build, "Seq2Seq", broken)
+    with pytest.raises(RuntimeError, match="build failed"):
+        build_model(ModelConfig(embed_dim=8, hidden_size=12), VOCAB, VOCAB, initialise=False)
+    assert torch.nn.init.uniform_ is uniform
