@@ -16,6 +16,7 @@ from s2s_cli.cli._common import (
     VerboseOpt,
     config_choices,
     config_help,
+    imports_without_collection,
     setup_logging,
     stderr,
     user_errors,
@@ -338,8 +339,9 @@ def translate(
 
     Example: [bold]cat in.txt | s2s translate -c model.pt --beam 5 | s2s score -r ref.txt[/]
     """
-    from s2s_cli.config import DecodeConfig
-    from s2s_cli.decoding.streaming import StreamOptions, translate_stream
+    with imports_without_collection():  # PyTorch and the decoding modules over it
+        from s2s_cli.config import DecodeConfig
+        from s2s_cli.decoding.streaming import StreamOptions, translate_stream
 
     if output_file is None:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends us quietly, like any filter

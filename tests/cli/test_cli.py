@@ -1014,3 +1014,26 @@ def test_leaving_skips_the_teardown_only_where_nothing_is_lost(tmp_path, imports
     assert done.returncode == (3 if skipped else 4), done.stderr.decode()[-2000:]
     assert (marks / "returned").exists() != skipped
     assert (marks / "torn-down").exists() != skipped
+
+
+def test_imports_run_without_the_collector_and_what_they_make_is_frozen():
+    """A command's heavy imports (PyTorch) run with the cyclic collector paused, and what they
+    made is frozen out of later collections; the collector is back on afterwards, even when
+    an import fails."""
+    import gc
+
+    from s2s_cli.cli._common import imports_without_collection
+
+    assert gc.isenabled()
+    frozen_before = gc.get_freeze_count()
+    try:
+        with imports_without_collection():
+            assert not gc.isenabled()
+            made = [[index] for index in range(1000)]  # as an import's objects
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= frozen_before + len(made)
+        with pytest.raises(ImportError), imports_without_collection():
+            raise ImportError("no such module")
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()  # this test process's objects back under the collector
