@@ -118,6 +118,27 @@ def test_a_bf16_restricted_layer_pads_its_width_with_pieces_that_are_never_score
     torch.testing.assert_close(padded_lp[:, :width], plain_lp, atol=1e-3, rtol=0)
 
 
+def test_a_bf16_restricted_ensemble_averages_over_the_list_only(monkeypatch):
+    """Two bf16 models: their padded columns stay -inf through the average (no NaN), and the
+    columns of the list are what the unpadded ensemble gives."""
+    models = [bf16_model(seed=1), bf16_model(seed=2)]
+    src, lengths = sources()
+    prev_columns = torch.tensor([BOS, 4, 7, 13, 2, 5])
+
+    def first_step(ensemble):
+        with torch.no_grad():
+            enc = ensemble.encode(src, lengths)
+            return ensemble.step(prev_columns, ensemble.init_state(enc), enc)[0]
+
+    padded = first_step(Ensemble(models).restricted(SUBSET))
+    monkeypatch.setattr(output, "RESTRICTED_WIDTH_MULTIPLE", 1)
+    plain = first_step(Ensemble(models).restricted(SUBSET))
+    width = SUBSET.numel()
+    assert padded.size(1) % RESTRICTED_WIDTH_MULTIPLE == 0 and plain.size(1) == width
+    assert torch.isneginf(padded[:, width:]).all() and not padded.isnan().any()
+    torch.testing.assert_close(padded[:, :width], plain, atol=1e-3, rtol=0)
+
+
 def plain_rows(model) -> tuple[torch.Tensor, torch.Tensor]:
     weight, bias = model.decoder.output_matrix()
     return weight.index_select(0, SUBSET), bias.index_select(0, SUBSET)
