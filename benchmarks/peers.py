@@ -408,18 +408,10 @@ def build_shortlist(dataset: Path) -> tuple[Path, float]:
     """``s2s shortlist`` with its defaults on the benchmark's dataset: (the file, seconds)."""
     path = PEERS / "shortlist.npz"
     command = [
-        sys.executable,
-        "-m",
-        "s2s_cli",
-        "shortlist",
-        "--data",
-        str(dataset),
-        "-o",
-        str(path),
-    ]
-    start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return path, time.perf_counter() - start
+        sys.executable, "-m", "s2s_cli", "shortlist", "--data", str(dataset), "-o", str(path),
+    ]  # fmt: skip
+    _, wall = run_timed("s2s shortlist", command)
+    return path, wall
 
 
 TRANSLATORS = ("OpenNMT-py", "s2s fp32", "s2s bf16", "s2s fp32 + shortlist", "s2s bf16 + shortlist")

@@ -100,7 +100,7 @@ def test_onednn_kernel_cache_is_raised_unless_the_user_set_it():
 
 needs_packing = pytest.mark.skipif(
     not products._onednn_packing(torch.bfloat16),
-    reason="this PyTorch lacks oneDNN's packed-weight ops, or this CPU runs bf16 products elsewhere",
+    reason="packed bf16 weights are off here by design (they need an AVX-512 CPU and PyTorch's oneDNN ops)",
 )
 
 
