@@ -19,8 +19,11 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" bash demo/run.sh
 
+# One pytest-xdist worker per core, dealt one test at a time, the slow ones first
+# (tests/conftest.py, which also gives each worker its share of the threads); `pytest` alone
+# runs the same tests in one process.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist load --maxschedchunk 1
 
 # tests/unit only: no model is trained (seconds). tests/training trains tiny models for a few
 # updates, tests/learning to a stated accuracy, tests/cli and tests/e2e run the commands.

@@ -2,10 +2,47 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 import pytest
+
+
+def worker_threads() -> int | None:
+    """Threads each pytest-xdist worker may use (its share of the cores), or None when the suite
+    runs in one process. ``make test`` runs one worker per core; OpenMP threads that outnumber the
+    cores wait on each other and slow every worker several-fold."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers == 1:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // workers)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    threads = worker_threads()
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # for the commands the tests start
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With several workers, the minute-long end-to-end tests go first and then the other slow
+    ones, so that they spread over the workers (``make test`` deals one test at a time) instead of
+    ending the run on one of them."""
+    if worker_threads() is None:
+        return
+
+    def cost(item: pytest.Item) -> int:
+        if item.path.parent.name == "e2e":
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=cost)  # stable: the order within each group stays
+
 
 WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "zero"]
 

@@ -4,9 +4,10 @@
 #   recipes/toy/run.sh [addition|dates|all]
 #
 # Environment: WORK (default recipes/toy/work), QUICK=1 for the short CI variant (small data,
-# 30 updates). Each variant trains with per-epoch validation on the test split
-# (exact match of greedy output), then `s2s translate` re-checks the final model through the
-# public interface; report.py prints the results table and writes an accuracy plot (SVG).
+# 30 updates), EXTRA for more KEY=VALUE overrides of every variant (e.g. EXTRA=train.threads=1).
+# Each variant trains with per-epoch validation on the test split (exact match of greedy output),
+# then `s2s translate` re-checks the final model through the public interface; report.py prints
+# the results table and writes an accuracy plot (SVG).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 task=${1:-all}
@@ -31,9 +32,11 @@ variants_dates=(
 run_task() {
   local name=$1 dir=$work/$1
   local -n variants=variants_$1
-  local size=50000 test=5000 extra=()
+  # shellcheck disable=SC2206
+  local size=50000 test=5000 extra=(${EXTRA:-})
   if [ "$quick" = 1 ]; then
-    size=2000 test=200 extra=(train.max_epochs=null train.max_updates=30 train.validate_every=15)
+    size=2000 test=200
+    extra+=(train.max_epochs=null train.max_updates=30 train.validate_every=15)
   fi
   mkdir -p "$dir"
   python3 "$here/make_data.py" "$name" "$dir/raw" --size "$size" --test-size "$test" >/dev/null

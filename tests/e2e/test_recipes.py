@@ -11,6 +11,9 @@ from xml.etree import ElementTree
 
 import pytest
 import sacrebleu
+import yaml
+
+from ..conftest import worker_threads
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -43,7 +46,11 @@ def shell(script: Path, *args: str, env: dict[str, str], cwd: Path = ROOT) -> st
     ],
 )
 def test_toy_recipe_quick_variant(tmp_path, task, variants):
-    out = shell(ROOT / "recipes/toy/run.sh", task, env={"QUICK": "1", "WORK": str(tmp_path)})
+    env = {"QUICK": "1", "WORK": str(tmp_path)}
+    threads = worker_threads()
+    if threads is not None:  # the recipe fixes 2 threads; share the cores
+        env["EXTRA"] = f"train.threads={threads}"
+    out = shell(ROOT / "recipes/toy/run.sh", task, env=env)
     rows = [line for line in out.splitlines() if line.startswith("| ") and "variant" not in line]
     assert [r.split("|")[1].strip() for r in rows] == variants
     references = (tmp_path / task / "raw" / "test.tgt").read_text().splitlines()
@@ -55,6 +62,9 @@ def test_toy_recipe_quick_variant(tmp_path, task, variants):
         assert via_translate == pytest.approx(last_validation, abs=0.01), row
         # and so does its chrF: after 30 updates exact match is 0% on both sides, chrF is not
         variant = tmp_path / task / cells[0]
+        # EXTRA reaches every variant's training (the recipe's own setting is 2 threads)
+        config = yaml.safe_load((variant / "config.yaml").read_text(encoding="utf-8"))
+        assert config["train"]["threads"] == (threads or 2), row
         metrics = [
             json.loads(line) for line in (variant / "metrics.jsonl").read_text().splitlines()
         ]
