@@ -22,13 +22,15 @@ demo: setup
 # One pytest-xdist worker per core, dealt one test at a time, the slow ones first
 # (tests/conftest.py, which also gives each worker its share of the threads); `pytest` alone
 # runs the same tests in one process.
+PARALLEL := -n auto --dist load --maxschedchunk 1
+
 test: setup
-	$(BIN)/python -m pytest -q -n auto --dist load --maxschedchunk 1
+	$(BIN)/python -m pytest -q $(PARALLEL)
 
 # tests/unit only: no model is trained (seconds). tests/training trains tiny models for a few
 # updates, tests/learning to a stated accuracy, tests/cli and tests/e2e run the commands.
 test-fast: setup
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q $(PARALLEL) tests/unit
 
 # The CUDA tests (they skip without a GPU; S2S_GPU_TESTS_ON_CPU=1 checks them on the CPU).
 test-gpu: setup
