@@ -27,6 +27,8 @@ from torch import Tensor, nn
 from s2s_cli.models import products, recurrent
 from s2s_cli.models.attention import Attention
 from s2s_cli.models.deferred import DeferredLinear
+from s2s_cli.models.dropout import Dropout
+from s2s_cli.models.dropout import dropout as functional_dropout
 from s2s_cli.models.encoder import EncoderOut
 from s2s_cli.models.recurrent import RNN_CLASSES, run_rnn
 
@@ -102,7 +104,7 @@ class Decoder(nn.Module):
             if self.attention is None
             else nn.Linear(encoder_size + hidden_size, hidden_size, bias=False)
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         feature_size = hidden_size + (encoder_size if peeky else 0)
         self.output_bias = nn.Parameter(torch.zeros(embedding.num_embeddings))
         if tie_embeddings:
@@ -251,7 +253,7 @@ class Decoder(nn.Module):
                 if layer == 0:
                     gates = static_steps[t] + recurrent[0](torch.cat([*inputs, hidden[0]], -1))
                 else:
-                    below = nn.functional.dropout(hidden[layer - 1], rnn.dropout, self.training)
+                    below = functional_dropout(hidden[layer - 1], rnn.dropout, self.training)
                     gates = recurrent[layer](torch.cat([below, hidden[layer]], -1))
                     if biases[layer] is not None:
                         gates = gates + biases[layer]

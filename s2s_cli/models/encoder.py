@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from s2s_cli.models.dropout import Dropout
 from s2s_cli.models.recurrent import RNN_CLASSES, RnnState, run_layer, run_rnn
 
 
@@ -86,7 +87,7 @@ class Encoder(nn.Module):
         self.output_size = output_size
         self.layers = layers
         self.reverse_source = reverse_source
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         both_ways = layers if bidirectional_layers is None else bidirectional_layers
         both_ways = both_ways if bidirectional else 0
         self.layer_directions = [2 if layer < both_ways else 1 for layer in range(layers)]
