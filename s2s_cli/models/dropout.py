@@ -15,21 +15,11 @@ import torch
 from torch import Tensor, nn
 
 
-class Dropout(nn.Module):
-    """``nn.Dropout`` (zero each element with probability ``p`` in training, scale the rest by
-    ``1 / (1 - p)``) with the mask of :func:`dropout`."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
-        self.p = p
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (its checks, attributes and repr) with the mask of :func:`dropout`."""
 
     def forward(self, x: Tensor) -> Tensor:
         return dropout(x, self.p, self.training)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
