@@ -15,11 +15,14 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from s2s_cli.errors import ConfigError, S2SError
 from s2s_cli.io import describe_os_error
 
-stderr = Console(stderr=True, highlight=False)
+# Messages, paths and table cells carry user text, so nothing printed is read as rich markup or
+# emoji codes: a path with "[/x]" would raise, "data/:b:/x" would print an emoji.
+stderr = Console(stderr=True, highlight=False, markup=False, emoji=False)
 
 OverridesArg = Annotated[
     list[str] | None,
@@ -116,7 +119,7 @@ def make_app(help_text: str) -> typer.Typer:
 def error(message: str) -> None:
     """One line on stderr, red on a terminal."""
     if stderr.is_terminal:
-        stderr.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+        stderr.print(Text.assemble(("error:", "bold red"), f" {message}"), soft_wrap=True)
     else:
         print(f"error: {message}", file=sys.stderr, flush=True)
 

@@ -88,4 +88,4 @@ def _render_checkpoint(report: dict) -> None:
 def print_to_stdout(renderable: object) -> None:
     from rich.console import Console
 
-    Console(highlight=False).print(renderable)
+    Console(highlight=False, markup=False, emoji=False).print(renderable)

@@ -35,8 +35,8 @@ def train(
             "--data",
             metavar="DIR",
             help="Dataset directory from `s2s preprocess`, a sharded one (--shard-size), or "
-            "dataset directories A:B:C trained on one per epoch in turn. Default: the config's "
-            "data.path, else one path read on stdin.",
+            "dataset directories DIR1:DIR2:DIR3 trained on one per epoch in turn. Default: the "
+            "config's data.path, else one path read on stdin.",
             show_default=False,
         ),
     ] = None,

@@ -117,6 +117,27 @@ def test_help_shows_defaults_from_the_config_and_no_type_labels():
         ), option
 
 
+def test_help_shows_every_help_text_as_written():
+    """rich renders help as markup: an emoji code (``:b:`` in ``A:B:C``) or a ``[word]`` would
+    come out changed. Every command's and option's help must read in --help as it is written."""
+    from rich.text import Text
+
+    from s2s_cli.cli import command
+
+    def flat(text: str) -> str:
+        return " ".join(re.sub(r"[\u2500-\u257f]", " ", text).split())
+
+    for name, cmd in command().commands.items():
+        page = runner.invoke(app, [name, "--help"], env={"COLUMNS": "200"}).output
+        assert all(ord(c) < 128 or 0x2500 <= ord(c) <= 0x257F for c in page), (name, page)
+        shown = flat(page)
+        texts = [cmd.help.split("\n\n")[0]] + [
+            p.help for p in cmd.params if getattr(p, "help", None)
+        ]
+        for text in texts:
+            assert flat(Text.from_markup(text, emoji=False).plain) in shown, (name, text)
+
+
 def test_bare_s2s_prints_help_and_succeeds():
     result = subprocess.run(
         [sys.executable, "-m", "s2s_cli"], capture_output=True, check=False, timeout=60

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -213,3 +214,22 @@ def test_a_log_file_that_cannot_be_written_is_one_warning_and_logging_goes_on(tm
     )
     assert "first" in err and "second" in err  # stderr logging goes on
     assert not [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+
+
+@pytest.mark.parametrize(
+    "message", ["data/[/x]/train.en:3: bad line", "expected A:B:C, got [bold]x[/bold] :smile:"]
+)
+def test_an_error_on_a_terminal_prints_user_text_as_it_is(monkeypatch, message):
+    """On a terminal the error line is red through rich; a path or line quoted in it must come
+    out literally, neither read as markup (``[/x]`` would raise) nor as emoji codes (``:b:``)."""
+    import io
+
+    from s2s_cli.cli import _common
+
+    screen = io.StringIO()
+    monkeypatch.setattr(_common.stderr, "file", screen)
+    monkeypatch.setattr(_common.stderr, "_force_terminal", True)
+    assert _common.stderr.is_terminal
+    _common.error(message)
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", screen.getvalue())  # colours, where the terminal has them
+    assert shown == f"error: {message}\n"
