@@ -364,7 +364,11 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def dump_yaml(cfg: ExperimentConfig) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+    # A path reads as written: non-ASCII as is (every writer writes UTF-8), and on one line
+    # however long (PyYAML folds long scalars at spaces from 80 columns).
+    return yaml.safe_dump(
+        to_dict(cfg), sort_keys=False, default_flow_style=False, allow_unicode=True, width=1 << 30
+    )
 
 
 def write_config(cfg: ExperimentConfig, path: Path) -> None:

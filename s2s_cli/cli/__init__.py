@@ -59,6 +59,16 @@ app.command("shortlist")(shortlist_cmd.shortlist)
 app.command("export")(export_cmd.export)
 
 
+def stdout_in_utf8() -> None:
+    """Write stdout in UTF-8 whatever the locale says, as input is read and ``-o`` files are
+    written: under an ASCII or Latin-1 locale a translation with "ř" would otherwise end the
+    command with a UnicodeEncodeError. (stderr keeps Python's backslash escapes: it never
+    fails.)"""
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
+    if encoding != "utf8" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(encoding="utf-8")
+
+
 def command():  # -> click.Group
     """The click command behind ``s2s`` (what ``main`` runs and the docs describe)."""
     group = typer.main.get_command(app)
@@ -68,6 +78,7 @@ def command():  # -> click.Group
 
 def main() -> None:
     # (oneDNN's kernel cache size is set where the package is imported: s2s_cli/__init__.py)
+    stdout_in_utf8()
     try:
         command()(prog_name="s2s")  # click ends with SystemExit, success included
         code: int | str | None = 0

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 
@@ -124,12 +125,25 @@ def _data_dir_from_stdin(required: bool) -> Path | None:
                 "(s2s preprocess ... | s2s train)"
             )
         return None
-    line = sys.stdin.readline().strip()
+    line = _path_line(sys.stdin)
     if not line:
         if required:
             raise ConfigError("no dataset: stdin was empty; give --data DIR")
         return None
     return Path(line)
+
+
+def _path_line(stdin: TextIO) -> str:
+    """The first line of ``stdin`` as a path: UTF-8 (what ``s2s preprocess`` prints, whatever the
+    locale), else the file system's own encoding (a path echoed under a Latin-1 locale)."""
+    buffer = getattr(stdin, "buffer", None)
+    if buffer is None:
+        return stdin.readline().strip()
+    raw = buffer.readline().strip()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return os.fsdecode(raw)
 
 
 def _dataset_defaults(data_dir: Path) -> dict:

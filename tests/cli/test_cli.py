@@ -679,6 +679,39 @@ def test_average_and_info_on_checkpoints(trained_checkpoint, tmp_path):
     assert info["integrity"] == "sha256 verified"
 
 
+def test_stdout_is_utf8_under_an_ascii_locale(trained_checkpoint, tmp_path):
+    """Input is read as UTF-8 whatever the locale; so is stdout written (an ASCII stdout used to
+    end `s2s average` with a UnicodeEncodeError after it had written the file)."""
+    out = tmp_path / "modèle ř" / "avg.pt"
+    out.parent.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "s2s_cli", "average", str(trained_checkpoint), "-o", str(out)],
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert result.stdout.decode("utf-8").strip() == str(out)
+
+
+def test_a_non_ascii_dataset_path_pipes_into_train_under_an_ascii_locale(tiny_dataset, tmp_path):
+    """`s2s train` reads a piped path as UTF-8 (what `s2s preprocess` prints) and its resolved
+    config shows the path as written: not as YAML escapes, nor folded over lines (it is long)."""
+    import shutil
+
+    data = tmp_path / " ".join(["données ř"] * 8)
+    shutil.copytree(tiny_dataset, data)
+    result = subprocess.run(
+        [sys.executable, "-m", "s2s_cli", "train", "--dry-run"],
+        input=f"{data}\n".encode(),
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert f"  path: {data}\n" in result.stdout.decode("utf-8")
+
+
 # -- score --------------------------------------------------------------------------------------
 
 REF = ["the cat sat on the mat", "a dog runs in the park", "it is raining today"]
