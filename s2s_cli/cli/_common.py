@@ -117,11 +117,15 @@ def make_app(help_text: str) -> typer.Typer:
 
 
 def error(message: str) -> None:
-    """One line on stderr, red on a terminal."""
-    if stderr.is_terminal:
-        stderr.print(Text.assemble(("error:", "bold red"), f" {message}"), soft_wrap=True)
-    else:
-        print(f"error: {message}", file=sys.stderr, flush=True)
+    """One line on stderr, red on a terminal; nothing if stderr is gone (a closed terminal
+    answers EIO), so the exit status still says what happened."""
+    try:
+        if stderr.is_terminal:
+            stderr.print(Text.assemble(("error:", "bold red"), f" {message}"), soft_wrap=True)
+        else:
+            print(f"error: {message}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -198,7 +199,10 @@ class Reporter:
 
     def close(self) -> None:
         if self._progress is not None:
-            self._progress.stop()
+            # clearing the bar fails with EIO when the terminal has gone away (SIGHUP): the run
+            # is saved by then, and the exit status must still say why it stopped
+            with contextlib.suppress(OSError):
+                self._progress.stop()
             self._progress = None
         if self._tb is not None:
             self._tb.close()

@@ -299,11 +299,11 @@ class TrainingRun:
                 # torchrun now sends SIGTERM to end the job: let this process say why, then exit 1
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if self.stop_signal is not None:
-            name = "SIGINT" if self.stop_signal == signal.SIGINT else "SIGTERM"
+            name = signal.Signals(self.stop_signal).name
             raise TrainingInterrupted(
                 f"{name}: stopped at update {self.progress.updates}; checkpoint saved to "
                 f"{self.files.last} (run the same command again to resume)",
-                130 if self.stop_signal == signal.SIGINT else 143,
+                128 + self.stop_signal,  # the shell's status for a process ended by it
             )
         result = self.files.result()
         reason = self._limit_reached(self.progress.train_seconds) or "stopping rule met"
@@ -599,7 +599,7 @@ class TrainingRun:
                 "%s received: saving a checkpoint after this update", signal.Signals(signum).name
             )
 
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in _stop_signals():
             # signal.signal raises ValueError off the main thread (e.g. a library caller's thread)
             with contextlib.suppress(ValueError):
                 self._previous_handlers[signum] = signal.signal(signum, request_stop)
@@ -612,6 +612,17 @@ class TrainingRun:
         if hasattr(self, "reporter"):
             self.reporter.close()
         shutdown(self.context)
+
+
+def _stop_signals() -> list[int]:
+    """The signals that save a checkpoint and stop: Ctrl-C, SIGTERM (a scheduler, torchrun), and
+    SIGHUP (the terminal went away) unless the run was started to outlive it (``nohup`` ignores
+    it, and so do we)."""
+    signals = [signal.SIGINT, signal.SIGTERM]
+    hangup = getattr(signal, "SIGHUP", None)  # (not on Windows)
+    if hangup is not None and signal.getsignal(hangup) == signal.SIG_DFL:
+        signals.append(hangup)
+    return signals
 
 
 def _describing_dataset(cfg: ExperimentConfig, dataset: Dataset) -> ExperimentConfig:

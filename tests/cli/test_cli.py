@@ -342,6 +342,71 @@ def test_sigint_saves_a_checkpoint_and_the_run_resumes(tiny_dataset, tmp_path):
     assert b"resuming" in resumed.stderr
 
 
+def test_a_closed_terminal_saves_a_checkpoint_and_the_run_resumes(tiny_dataset, tmp_path):
+    """A run in a terminal that goes away (SIGHUP: the window closed, the ssh session dropped)
+    saves a checkpoint after the current update, as SIGTERM does, and exits 129; nothing it
+    writes to the dead terminal turns into a traceback in train.log or a hang."""
+    import pty
+    import select
+
+    args = [
+        sys.executable,
+        "-m",
+        "s2s_cli",
+        "train",
+        "--data",
+        str(tiny_dataset),
+        "--save-dir",
+        str(tmp_path),
+        *TINY_MODEL,
+        "train.max_updates=100000",
+        "train.validate_every=100000",
+        "train.log_every=1",
+    ]
+    pid, terminal = pty.fork()  # the child's controlling terminal is this pty
+    if pid == 0:
+        os.execv(sys.executable, args)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+        metrics.exists() and metrics.read_text().count("\n") >= 3
+    ):
+        if select.select([terminal], [], [], 0.2)[0]:
+            os.read(terminal, 65536)  # keep the terminal drained, as a real one would be
+    os.close(terminal)  # hang up
+    code = None
+    while time.time() < deadline + 60 and code is None:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        code = os.waitstatus_to_exitcode(status) if done else None
+        time.sleep(0.1)
+    if code is None:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert code == 129, code
+    progress = __import__("torch").load(tmp_path / "checkpoint_last.pt", weights_only=True)[
+        "progress"
+    ]
+    assert progress["updates"] >= 3
+    log = (tmp_path / "train.log").read_text()
+    assert "SIGHUP received" in log and "Traceback" not in log, log[-2000:]
+    resumed = s2s(*args[3:-3], f"train.max_updates={progress['updates'] + 2}")
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    assert b"resuming" in resumed.stderr
+
+
+def test_a_run_started_with_nohup_keeps_ignoring_a_hangup():
+    from s2s_cli.training.trainer import _stop_signals
+
+    previous = signal.getsignal(signal.SIGHUP)
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what `nohup` does before it starts us
+        assert signal.SIGHUP not in _stop_signals()
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        assert _stop_signals() == [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 def test_a_run_you_can_follow_banner_epoch_labels_end_line_and_quiet(tiny_dataset, tmp_path):
     from s2s_cli import Dataset, load_config
     from s2s_cli.models.build import build_model, parameter_counts
