@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class S2SError(Exception):
     """Base class: a user-facing error with a one-line message (exit status 1)."""
@@ -41,3 +43,30 @@ class LostPeersError(S2SError):
     """A distributed run's collective failed: another process or node died, the network failed,
     or a peer stayed silent past ``train.dist_timeout_minutes`` (exit status 1). The last
     checkpoint is left as it was; the same command resumes from it."""
+
+
+class OutOfMemory(S2SError):
+    """The CPU or GPU allocator refused memory (exit status 1); the message says what was being
+    done and what to make smaller. Whatever was saved before is left as it was."""
+
+
+def out_of_memory(err: BaseException) -> str | None:
+    """If ``err`` is an allocator's out-of-memory error (CPU, CUDA, MPS, or Python's own), how
+    much it could not get, in words ("could not allocate 37.3 GiB"); else None.
+
+    Recognised by message, so that callers need not import torch: PyTorch raises the CPU's as a
+    plain ``RuntimeError`` ("DefaultCPUAllocator: can't allocate memory: you tried to allocate N
+    bytes") and CUDA's as ``torch.OutOfMemoryError`` ("CUDA out of memory. Tried to allocate
+    20.00 MiB ...")."""
+    if isinstance(err, MemoryError):
+        return "could not allocate memory"
+    if not isinstance(err, RuntimeError):
+        return None
+    text = str(err)
+    if "can't allocate memory" not in text and "out of memory" not in text.lower():
+        return None
+    if match := re.search(r"you tried to allocate (\d+) bytes", text):
+        return f"could not allocate {int(match.group(1)) / 2**30:,.1f} GiB"
+    if match := re.search(r"Tried to allocate ([\d.]+ [KMGT]iB)", text):
+        return f"could not allocate {match.group(1)}"
+    return "could not allocate memory"

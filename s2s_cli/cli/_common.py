@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from s2s_cli.errors import ConfigError, S2SError
+from s2s_cli.errors import ConfigError, S2SError, out_of_memory
 from s2s_cli.io import describe_os_error
 
 # Messages, paths and table cells carry user text, so nothing printed is read as rich markup or
@@ -129,9 +129,9 @@ def error(message: str) -> None:
 
 
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
+def user_errors(smaller: str = "smaller batches or a smaller model") -> Iterator[None]:
     """Turn user-caused errors into one line and an exit status (1 data/runtime/OS, 2 config,
-    130 interrupted)."""
+    130 interrupted). ``smaller`` says what to make smaller when memory runs out."""
     try:
         yield
     except S2SError as err:
@@ -146,6 +146,12 @@ def user_errors() -> Iterator[None]:
     except OSError as err:  # the backstop: known write paths raise StorageError themselves
         where = f"{err.filename}: " if err.filename else ""
         error(f"{where}{describe_os_error(err)}")
+        raise typer.Exit(1) from None
+    except (RuntimeError, MemoryError) as err:
+        shortfall = out_of_memory(err)
+        if shortfall is None:
+            raise  # a bug: its traceback
+        error(f"out of memory ({shortfall}): try {smaller}")
         raise typer.Exit(1) from None
 
 

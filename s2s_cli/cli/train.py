@@ -20,6 +20,12 @@ from s2s_cli.cli._common import (
 )
 from s2s_cli.errors import ConfigError
 
+# what to make smaller when memory runs out
+SMALLER = (
+    "a smaller train.max_tokens, or a smaller model (model.hidden_size, model.embed_dim, "
+    "model.encoder_layers, model.decoder_layers)"
+)
+
 
 def train(
     args: Annotated[
@@ -76,7 +82,7 @@ def train(
     """
     from s2s_cli.config import load_config
 
-    with user_errors():
+    with user_errors(SMALLER):
         check_verbosity(quiet, verbose)  # before anything is created in the save directory
         config_path, overrides = _split_args(args or [])
         named = load_config(config_path, overrides)  # may name data.path and train.save_dir

@@ -22,6 +22,9 @@ from s2s_cli.cli._common import (
     user_errors,
 )
 
+# what to make smaller when memory runs out
+SMALLER = "a smaller --batch-size or --beam"
+
 
 def translate(
     checkpoint: Annotated[
@@ -347,7 +350,7 @@ def translate(
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends us quietly, like any filter
     given = locals()
     overrides = {f.name: given[f.name] for f in dataclasses.fields(DecodeConfig)}  # every key
-    with user_errors():
+    with user_errors(SMALLER):
         setup_logging(verbose, quiet=quiet)
         options = StreamOptions(
             checkpoints=checkpoint,

@@ -39,7 +39,14 @@ from s2s_cli.data.loader import Batch, collate, prefetch
 from s2s_cli.data.shards import TrainingShards
 from s2s_cli.data.spm import load_processor
 from s2s_cli.device import check_precision, resolve_device
-from s2s_cli.errors import CheckpointError, ConfigError, LostPeersError, S2SError
+from s2s_cli.errors import (
+    CheckpointError,
+    ConfigError,
+    LostPeersError,
+    OutOfMemory,
+    S2SError,
+    out_of_memory,
+)
 from s2s_cli.io import check_writable_dir, remove_stale_temporaries
 from s2s_cli.locking import save_dir_lock
 from s2s_cli.models.build import build_model
@@ -415,7 +422,13 @@ class TrainingRun:
         """Apply updates from the stream; True when the epoch ended, False when told to stop."""
         for index, micro_batches in batch_stream:
             lr = self.lr.apply(self.optimizer, self.progress.updates + 1)
-            result = self.updater.update(micro_batches, self._teacher_forcing())
+            try:
+                result = self.updater.update(micro_batches, self._teacher_forcing())
+            except (RuntimeError, MemoryError) as err:
+                shortfall = out_of_memory(err)
+                if shortfall is None:
+                    raise
+                raise OutOfMemory(self._out_of_memory_message(shortfall, micro_batches)) from None
             self.progress.updates += 1
             self.progress.position = index + 1
             self.progress.skipped += result.skipped
@@ -436,6 +449,27 @@ class TrainingRun:
             if self._stop_now():
                 return False
         return True
+
+    def _out_of_memory_message(self, shortfall: str, micro_batches: list[Batch]) -> str:
+        """What ran out, on which batch, what to lower, and that nothing saved was touched."""
+        t = self.cfg.train
+        sentences = sum(b.src.size(0) for b in micro_batches)
+        tokens = sum(b.target_tokens for b in micro_batches)
+        longest = (
+            max(b.src.size(1) for b in micro_batches),
+            max(b.tgt_in.size(1) for b in micro_batches),
+        )
+        saved = (
+            f"{self.files.last} is left as it was; the same command resumes from it"
+            if self.files.last.exists()
+            else "nothing was saved yet"
+        )
+        return (
+            f"update {self.progress.updates + 1}: out of memory ({shortfall}) on a batch of "
+            f"{sentences:,} sentences, {tokens:,} target tokens, longest source {longest[0]} and "
+            f"target {longest[1]} pieces; try a smaller train.max_tokens (now {t.max_tokens:,}) "
+            f"or data.max_length, or a smaller model; {saved}"
+        )
 
     def _batches(
         self, split: ParallelSplit, batches: list[np.ndarray], start: int, total: int

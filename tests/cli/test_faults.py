@@ -157,6 +157,61 @@ def test_a_second_preprocess_into_one_dest_is_refused_and_a_killed_ones_leftover
     assert (dest / "manifest.json").is_file()
 
 
+# -- memory ------------------------------------------------------------------------------------
+
+
+def test_a_model_too_big_for_memory_is_one_line_and_leaves_nothing(tiny_dataset, tmp_path):
+    """The allocator's refusal is one line saying what to make smaller, exit 1, no save directory.
+    The address space is capped (16 GiB, ~20x what the command needs) so that the 149 GiB LSTM
+    weight is refused the same way on every machine, whatever its memory overcommit policy."""
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))
+
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [
+            *S2S,
+            "train",
+            "--data",
+            str(tiny_dataset),
+            "--save-dir",
+            str(run),
+            *TINY_MODEL,
+            "train.max_updates=3",
+        ],
+        capture_output=True,
+        preexec_fn=cap,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-2000:]  # the cap itself is no problem
+    run.rename(tmp_path / "fine")
+    result = subprocess.run(
+        [
+            *S2S,
+            "train",
+            "--data",
+            str(tiny_dataset),
+            "--save-dir",
+            str(run),
+            *TINY_MODEL,
+            "model.hidden_size=200000",
+        ],
+        capture_output=True,
+        preexec_fn=cap,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert one_line_error(result) == (
+        "error: out of memory (could not allocate 149.0 GiB): try a smaller train.max_tokens, or "
+        "a smaller model (model.hidden_size, model.embed_dim, model.encoder_layers, "
+        "model.decoder_layers)"
+    )
+    assert not run.exists()
+
+
 # -- full, limited and read-only storage -------------------------------------------------------
 
 

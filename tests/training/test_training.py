@@ -16,7 +16,14 @@ import torch
 from s2s_cli import Dataset, Translator, load_config, train
 from s2s_cli.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from s2s_cli.data.loader import collate
-from s2s_cli.errors import CheckpointError, ConfigError, DataError, StorageError
+from s2s_cli.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    OutOfMemory,
+    StorageError,
+    out_of_memory,
+)
 from s2s_cli.models.build import build_model
 from s2s_cli.training.average import average_checkpoints
 from s2s_cli.training.distributed import DistributedContext
@@ -53,6 +60,59 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_dataset, tmp_path):
     a, b = params(straight / "checkpoint_last.pt"), params(resumed / "checkpoint_last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert losses(straight) == losses(resumed)
+
+
+# what PyTorch's CPU allocator raises (a plain RuntimeError), and CUDA's message
+CPU_REFUSAL = (
+    "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+    "you tried to allocate 40000000000 bytes. Error code 12 (Cannot allocate memory)"
+)
+CUDA_REFUSAL = (
+    "CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has a total capacity of 79.19 GiB of "
+    "which 1.06 GiB is free."
+)
+
+
+def test_out_of_memory_is_told_from_other_runtime_errors():
+    assert out_of_memory(RuntimeError(CPU_REFUSAL)) == "could not allocate 37.3 GiB"
+    assert out_of_memory(RuntimeError(CUDA_REFUSAL)) == "could not allocate 2.50 GiB"
+    assert out_of_memory(MemoryError()) == "could not allocate memory"
+    assert out_of_memory(RuntimeError("MPS backend out of memory")) == "could not allocate memory"
+    assert out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+    assert out_of_memory(ValueError("out of memory")) is None
+
+
+def test_running_out_of_memory_in_an_update_names_the_batch_and_keeps_the_checkpoint(
+    tiny_dataset, tmp_path, monkeypatch
+):
+    original = Updater.update
+    seen = []
+
+    def update(self, batches, teacher_forcing):
+        seen.append(batches)
+        if len(seen) == 5:
+            raise RuntimeError(CPU_REFUSAL)
+        return original(self, batches, teacher_forcing)
+
+    monkeypatch.setattr(Updater, "update", update)
+    with pytest.raises(OutOfMemory) as refused:
+        run(tiny_dataset, tmp_path, "train.save_every=2", "train.max_updates=10")
+    batch = seen[-1][0]
+    assert str(refused.value) == (
+        "update 5: out of memory (could not allocate 37.3 GiB) on a batch of "
+        f"{batch.src.size(0):,} sentences, {batch.target_tokens:,} target tokens, longest source "
+        f"{batch.src.size(1)} and target {batch.tgt_in.size(1)} pieces; try a smaller "
+        "train.max_tokens (now 1,024) or data.max_length, or a smaller model; "
+        f"{tmp_path / 'checkpoint_last.pt'} is left as it was; the same command resumes from it"
+    )
+    assert load_checkpoint(tmp_path / "checkpoint_last.pt").progress.updates == 4
+    # any other error of the step is a bug, and keeps its traceback
+    seen.clear()
+    monkeypatch.setattr(
+        Updater, "update", lambda self, batches, tf: (_ for _ in ()).throw(RuntimeError("shapes"))
+    )
+    with pytest.raises(RuntimeError, match="shapes"):
+        run(tiny_dataset, tmp_path / "other", "train.max_updates=10")
 
 
 def test_rerunning_a_finished_run_changes_nothing(tiny_dataset, tmp_path):

@@ -233,3 +233,25 @@ def test_an_error_on_a_terminal_prints_user_text_as_it_is(monkeypatch, message):
     _common.error(message)
     shown = re.sub(r"\x1b\[[0-9;]*m", "", screen.getvalue())  # colours, where the terminal has them
     assert shown == f"error: {message}\n"
+
+
+def test_memory_running_out_is_one_line_naming_what_to_make_smaller(capsys):
+    """The CLI's backstop for an allocator's refusal anywhere in a command (translate's hint
+    here); any other RuntimeError is a bug and keeps its traceback."""
+    import typer
+
+    from s2s_cli.cli import _common
+    from s2s_cli.cli.translate import SMALLER
+
+    refusal = (
+        "DefaultCPUAllocator: can't allocate memory: you tried to allocate 3221225472 bytes. "
+        "Error code 12 (Cannot allocate memory)"
+    )
+    with pytest.raises(typer.Exit) as done, _common.user_errors(SMALLER):
+        raise RuntimeError(refusal)
+    assert done.value.exit_code == 1
+    assert capsys.readouterr().err == (
+        "error: out of memory (could not allocate 3.0 GiB): try a smaller --batch-size or --beam\n"
+    )
+    with pytest.raises(RuntimeError, match="shapes"), _common.user_errors(SMALLER):
+        raise RuntimeError("shapes")
