@@ -302,21 +302,19 @@ def test_dry_run_prints_config_and_parameter_count(tiny_dataset):
     assert "input_feeding: true" in out and "# parameters:" in out
 
 
+def endless_training(dataset, save_dir, *overrides: str) -> list[str]:
+    """The command of a tiny training run that goes on until it is stopped, logging each update
+    (to metrics.jsonl too): its last two arguments set the length and the logging."""
+    return [
+        *[sys.executable, "-m", "s2s_cli", "train", "--data", str(dataset)],
+        *["--save-dir", str(save_dir), *TINY_MODEL, *overrides],
+        *["train.max_updates=100000", "train.log_every=1"],
+    ]
+
+
 @pytest.mark.slow
 def test_sigint_saves_a_checkpoint_and_the_run_resumes(tiny_dataset, tmp_path):
-    args = [
-        sys.executable,
-        "-m",
-        "s2s_cli",
-        "train",
-        "--data",
-        str(tiny_dataset),
-        "--save-dir",
-        str(tmp_path),
-        *TINY_MODEL,
-        "train.max_updates=100000",
-        "train.log_every=1",
-    ]
+    args = endless_training(tiny_dataset, tmp_path)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     log = tmp_path / "metrics.jsonl"
@@ -349,20 +347,7 @@ def test_a_closed_terminal_saves_a_checkpoint_and_the_run_resumes(tiny_dataset, 
     import pty
     import select
 
-    args = [
-        sys.executable,
-        "-m",
-        "s2s_cli",
-        "train",
-        "--data",
-        str(tiny_dataset),
-        "--save-dir",
-        str(tmp_path),
-        *TINY_MODEL,
-        "train.max_updates=100000",
-        "train.validate_every=100000",
-        "train.log_every=1",
-    ]
+    args = endless_training(tiny_dataset, tmp_path, "train.validate_every=100000")
     pid, terminal = pty.fork()  # the child's controlling terminal is this pty
     if pid == 0:
         os.execv(sys.executable, args)
@@ -389,7 +374,7 @@ def test_a_closed_terminal_saves_a_checkpoint_and_the_run_resumes(tiny_dataset, 
     assert progress["updates"] >= 3
     log = (tmp_path / "train.log").read_text()
     assert "SIGHUP received" in log and "Traceback" not in log, log[-2000:]
-    resumed = s2s(*args[3:-3], f"train.max_updates={progress['updates'] + 2}")
+    resumed = s2s(*args[3:-2], f"train.max_updates={progress['updates'] + 2}")
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
     assert b"resuming" in resumed.stderr
 

@@ -165,44 +165,20 @@ def test_a_model_too_big_for_memory_is_one_line_and_leaves_nothing(tiny_dataset,
     The address space is capped (16 GiB, ~20x what the command needs) so that the 149 GiB LSTM
     weight is refused the same way on every machine, whatever its memory overcommit policy."""
 
-    def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))
+    def train_capped(save_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+        where = ["--data", str(tiny_dataset), "--save-dir", str(save_dir)]
+        return subprocess.run(
+            [*S2S, "train", *where, *TINY_MODEL, *overrides],
+            capture_output=True,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30)),
+            timeout=300,
+            check=False,
+        )
 
-    run = tmp_path / "run"
-    result = subprocess.run(
-        [
-            *S2S,
-            "train",
-            "--data",
-            str(tiny_dataset),
-            "--save-dir",
-            str(run),
-            *TINY_MODEL,
-            "train.max_updates=3",
-        ],
-        capture_output=True,
-        preexec_fn=cap,
-        timeout=300,
-        check=False,
-    )
+    result = train_capped(tmp_path / "fine", "train.max_updates=3")
     assert result.returncode == 0, result.stderr.decode()[-2000:]  # the cap itself is no problem
-    run.rename(tmp_path / "fine")
-    result = subprocess.run(
-        [
-            *S2S,
-            "train",
-            "--data",
-            str(tiny_dataset),
-            "--save-dir",
-            str(run),
-            *TINY_MODEL,
-            "model.hidden_size=200000",
-        ],
-        capture_output=True,
-        preexec_fn=cap,
-        timeout=300,
-        check=False,
-    )
+    run = tmp_path / "run"
+    result = train_capped(run, "model.hidden_size=200000")
     assert result.returncode == 1
     assert one_line_error(result) == (
         "error: out of memory (could not allocate 149.0 GiB): try a smaller train.max_tokens, or "
