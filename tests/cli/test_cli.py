@@ -209,6 +209,21 @@ def test_preprocess_prints_exactly_the_dataset_dir(tmp_path):
     assert json.loads(info.stdout)["splits"]["train"]["sentences"] == 200
 
 
+def test_paths_that_look_like_markup_are_printed_as_written(tmp_path):
+    """The summary table's title quotes the destination: "[/x]" in it raised rich's MarkupError
+    (after the dataset was written), "[bold]" vanished and ":b:" became an emoji."""
+    raw = write_reverse_corpus(tmp_path / "raw", train=100)
+    dest = tmp_path / "corpus [/x] [bold] :b:"
+    result = s2s(
+        *["preprocess", "--src-lang", "src", "--tgt-lang", "tgt", "--train", str(raw / "train")],
+        *["--vocab-size", "40", "--dest", str(dest)],
+    )
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert result.stdout.decode().strip() == str(dest)
+    unwrapped = "".join(result.stderr.decode().split())  # however rich wraps the long title
+    assert "".join(f"{dest} (src-tgt, vocab".split()) in unwrapped, result.stderr.decode()
+
+
 def test_preprocess_pipes_into_train_and_train_prints_the_checkpoint(tmp_path):
     raw = write_reverse_corpus(tmp_path / "raw", train=300)
     pre = subprocess.Popen(
