@@ -388,13 +388,13 @@ def test_a_closed_terminal_saves_a_checkpoint_and_the_run_resumes(tiny_dataset, 
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     assert code == 129, code
-    progress = __import__("torch").load(tmp_path / "checkpoint_last.pt", weights_only=True)[
-        "progress"
-    ]
-    assert progress["updates"] >= 3
+    from s2s_cli.checkpoint import load_checkpoint
+
+    updates = load_checkpoint(tmp_path / "checkpoint_last.pt").progress.updates
+    assert updates >= 3
     log = (tmp_path / "train.log").read_text()
     assert "SIGHUP received" in log and "Traceback" not in log, log[-2000:]
-    resumed = s2s(*args[3:-2], f"train.max_updates={progress['updates'] + 2}")
+    resumed = s2s(*args[3:-2], f"train.max_updates={updates + 2}")
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
     assert b"resuming" in resumed.stderr
 
